@@ -1,0 +1,258 @@
+"""The bridge: consumes the input topics and applies each record to Temporal.
+
+- Records with the same key (per partition) are applied in offset order; records with other
+  keys run concurrently, also inside one partition, up to ``PAYBRIDGE_MAX_INFLIGHT``.
+- A partition's committed offset is the lowest offset not yet done (see ``bridge.offsets``):
+  a crash can redeliver records, never skip one. Temporal deduplicates the redelivery.
+- When the in-flight limit is reached (e.g. Temporal is down and calls are backing off), the
+  bridge pauses fetching and keeps polling so that it stays in the group; memory stays bounded.
+- A record that cannot be decoded, validated or verified goes to the DLQ and is done; the
+  records behind it keep flowing.
+- On revoke and on shutdown, in-flight work gets a grace period, the rest is abandoned (it
+  will be redelivered) and what is done is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeAlias
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+
+from bridge.codec import Codec
+from bridge.dlq import DeadLetters
+from bridge.errors import DecodeError
+from bridge.metrics import BridgeMetrics
+from bridge.offsets import PartitionOffsets
+from bridge.routing import OrphanError, Route
+from bridge.temporal_calls import TemporalRejected
+
+log = logging.getLogger(__name__)
+
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self.bridge._release(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self.bridge._assigned(set(assigned))
+
+
+class Bridge:
+    """Consumes ``routes``' topics in one consumer group and applies records to Temporal."""
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        *,
+        routes: Mapping[str, Route],
+        dead_letters: DeadLetters,
+        metrics: BridgeMetrics,
+        codec: Codec,
+        max_inflight: int = 1000,
+        commit_interval: float = 1.0,
+        grace: float = 10.0,
+    ) -> None:
+        self.consumer = consumer
+        self.routes = dict(routes)
+        self.dead_letters = dead_letters
+        self.metrics = metrics
+        self.codec = codec
+        self.max_inflight = max_inflight
+        self.commit_interval = commit_interval
+        self.grace = grace
+        self.assigned = asyncio.Event()
+        self._offsets: dict[TopicPartition, PartitionOffsets] = {}
+        self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = defaultdict(set)
+        self._tails: dict[tuple[TopicPartition, bytes], asyncio.Task[None]] = {}
+        self._inflight = 0
+        self._paused = False
+        self._stopping = asyncio.Event()
+        self._commit_lock = asyncio.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def subscribe(self) -> None:
+        self.consumer.subscribe(topics=sorted(self.routes), listener=_Listener(self))
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop` is called; then drain, commit and leave the group."""
+        self.subscribe()
+        committer = asyncio.create_task(self._commit_loop(), name="paybridge-commit")
+        try:
+            while not self._stopping.is_set():
+                await self._poll_once()
+        finally:
+            committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await committer
+            await self._release(set(self._offsets), grace=self.grace)
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish; safe to call more than once."""
+        self._stopping.set()
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    # -- fetching --------------------------------------------------------------------------
+
+    async def _poll_once(self) -> None:
+        capacity = self.max_inflight - self._inflight
+        self._apply_backpressure(capacity)
+        batch = await self.consumer.getmany(timeout_ms=200, max_records=max(1, min(capacity, 500)))
+        for tp, records in batch.items():
+            offsets = self._offsets.get(tp)
+            if offsets is None:
+                offsets = self._offsets[tp] = PartitionOffsets()
+            for record in records:
+                self._dispatch(tp, offsets, record)
+
+    def _apply_backpressure(self, capacity: int) -> None:
+        assignment = self.consumer.assignment()
+        if capacity <= 0 and not self._paused:
+            log.info("%d records in flight: pausing fetch", self._inflight)
+            self.consumer.pause(*assignment)
+            self._paused = True
+        elif self._paused and capacity >= self.max_inflight // 4:
+            log.info("resuming fetch (%d records in flight)", self._inflight)
+            self.consumer.resume(*assignment)
+            self._paused = False
+
+    def _dispatch(self, tp: TopicPartition, offsets: PartitionOffsets, record: Record) -> None:
+        offsets.fetched(record.offset)
+        self._inflight += 1
+        self.metrics.inflight.set(self._inflight)
+        ordering = (tp, record.key) if record.key is not None else None
+        previous = self._tails.get(ordering) if ordering is not None else None
+        task = asyncio.create_task(self._process(record, previous))
+        if ordering is not None:
+            self._tails[ordering] = task
+        self._tasks[tp].add(task)
+
+        def finished(task: asyncio.Task[None]) -> None:
+            self._tasks[tp].discard(task)
+            if ordering is not None and self._tails.get(ordering) is task:
+                del self._tails[ordering]
+            self._inflight -= 1
+            self.metrics.inflight.set(self._inflight)
+            if not task.cancelled() and task.exception() is None:
+                offsets.done(record.offset)
+
+        task.add_done_callback(finished)
+
+    # -- applying one record ---------------------------------------------------------------
+
+    async def _process(self, record: Record, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])
+            if previous.cancelled():
+                raise asyncio.CancelledError  # the partition was released under us
+        route = self.routes[record.topic]
+        try:
+            event = self.codec.decode(route.event_type, record.value, headers=record.headers)
+            if route.check is not None:
+                route.check(event)
+            result = await route.apply(event)
+        except DecodeError as exc:
+            await self._dead_letter(record, exc.kind, exc)
+        except OrphanError as exc:
+            await self._dead_letter(record, "orphan", exc)
+        except TemporalRejected as exc:
+            await self._dead_letter(record, "rejected_by_temporal", exc)
+        except Exception as exc:  # a bug must not stall the partition: keep the record in the DLQ
+            log.exception(
+                "%s-%s@%s: unexpected error", record.topic, record.partition, record.offset
+            )
+            await self._dead_letter(record, "processing_error", exc)
+        else:
+            self.metrics.event_to_temporal.observe(max(0.0, time.time() - record.timestamp / 1000))
+            self.metrics.events_consumed.labels(topic=record.topic, result=result).inc()
+
+    async def _dead_letter(self, record: Record, reason: str, error: BaseException) -> None:
+        log.warning(
+            "%s-%s@%s -> DLQ (%s): %s", record.topic, record.partition, record.offset, reason, error
+        )
+        await self.dead_letters.send(record, reason=reason, error=error)
+        self.metrics.dlq_records.labels(topic=record.topic, reason=reason).inc()
+        self.metrics.events_consumed.labels(topic=record.topic, result="dlq").inc()
+
+    # -- committing ------------------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.commit_interval)
+            await self.commit()
+            self._report_lag()
+
+    async def commit(self, partitions: Iterable[TopicPartition] | None = None) -> None:
+        """Commit, for each partition, the lowest offset that is not done yet."""
+        async with self._commit_lock:
+            chosen = self._offsets if partitions is None else partitions
+            wanted: dict[TopicPartition, Any] = {}
+            for tp in chosen:
+                offsets = self._offsets.get(tp)
+                offset = offsets.to_commit() if offsets is not None else None
+                if offset is not None:
+                    wanted[tp] = OffsetAndMetadata(offset, "")
+            if not wanted:
+                return
+            try:
+                await self.consumer.commit(wanted)
+            except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+                log.warning("commit failed (will retry): %r", exc)
+                return
+            for tp, meta in wanted.items():
+                self._offsets[tp].committed = meta.offset
+
+    def _report_lag(self) -> None:
+        for tp, offsets in self._offsets.items():
+            highwater = self.consumer.highwater(tp)
+            position = offsets.committable()
+            if highwater is not None and position is not None:
+                self.metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(
+                    max(0, highwater - position)
+                )
+
+    # -- rebalance -------------------------------------------------------------------------
+
+    def _assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info("assigned %d partitions: %s", len(assigned), sorted(map(str, assigned)))
+        if self._paused and assigned:
+            self.consumer.pause(*assigned)
+        if assigned:
+            self.assigned.set()
+
+    async def _release(
+        self, partitions: set[TopicPartition], *, grace: float | None = None
+    ) -> None:
+        """Finish (within the grace period) or abandon work on ``partitions``, then commit."""
+        tasks = {task for tp in partitions for task in self._tasks.get(tp, ())}
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.grace if grace is None else grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.info("abandoned %d in-flight records (they will be redelivered)", len(pending))
+                await asyncio.wait(pending)
+        await self.commit(partitions)
+        for tp in partitions:
+            self._offsets.pop(tp, None)
+            self._tasks.pop(tp, None)
+            with contextlib.suppress(KeyError):
+                self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+        if partitions:
+            log.info("released %d partitions", len(partitions))

@@ -1,0 +1,78 @@
+"""The dead-letter topic: bad records kept untouched, with headers that say why and from where."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.structs import ConsumerRecord
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_CHARS = 1000
+
+
+def dlq_headers(
+    record: ConsumerRecord[bytes, bytes], *, reason: str, error: BaseException
+) -> list[tuple[str, bytes]]:
+    """The record's own headers followed by the contract's ``dlq.*`` headers."""
+    failed_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    message = str(error)[:MAX_MESSAGE_CHARS]
+    own = [(k, v) for k, v in (record.headers or ()) if not k.startswith("dlq.")]
+    return [
+        *own,
+        ("dlq.source.topic", record.topic.encode()),
+        ("dlq.source.partition", str(record.partition).encode()),
+        ("dlq.source.offset", str(record.offset).encode()),
+        ("dlq.error.class", type(error).__name__.encode()),
+        ("dlq.error.message", message.encode("utf-8", errors="replace")),
+        ("dlq.reason", reason.encode()),
+        ("dlq.failed_at", failed_at.encode()),
+    ]
+
+
+class DeadLetters:
+    """Writes records to the DLQ topic; retries until Kafka takes them (never drops one)."""
+
+    def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
+        self.producer = producer
+        self.topic = topic
+
+    async def send(
+        self, record: ConsumerRecord[bytes, bytes], *, reason: str, error: BaseException
+    ) -> None:
+        headers = dlq_headers(record, reason=reason, error=error)
+        value = record.value
+        delay = 0.2
+        while True:
+            try:
+                await self.producer.send_and_wait(
+                    self.topic, value, key=record.key, headers=headers
+                )
+                return
+            except MessageSizeTooLargeError:
+                # Larger than the broker takes: keep the coordinates so the original can be
+                # found on the source topic, rather than block the partition forever.
+                size = len(value or b"")
+                log.error(
+                    "%s-%s@%s: %d-byte value too large for the DLQ; writing headers only",
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    size,
+                )
+                headers = [*headers, ("dlq.value.omitted_bytes", str(size).encode())]
+                value = None
+            except KafkaError as exc:
+                log.warning(
+                    "DLQ write for %s-%s@%s failed, retrying: %r",
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    exc,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)

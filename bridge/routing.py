@@ -1,0 +1,114 @@
+"""The routing table: which topic carries which event, and what the bridge does with it.
+
+A new event type is one entry here, not a new consumer. Each entry decodes the record, may
+verify it (a gateway callback's signature), and applies it to Temporal: start a workflow or
+signal one. A signal whose workflow does not exist yet is retried until the payment starts,
+and dead-lettered as ``orphan`` if it never does within ``PAYBRIDGE_ORPHAN_TIMEOUT``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bridge.errors import PaybridgeError, SignatureError
+from bridge.events import (
+    Event,
+    GatewayCallback,
+    PaymentCancelRequested,
+    PaymentCreated,
+    payment_workflow_id,
+)
+from bridge.settings import Settings
+from bridge.temporal_calls import Backoff, TemporalCalls
+from workflows.shared import CancelSignal, GatewayCallbackSignal, PaymentWorkflowInput
+
+Handler = Callable[[Any], Awaitable[str]]
+
+
+class OrphanError(PaybridgeError):
+    """A callback or cancel whose payment never started within the orphan timeout."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """One input topic: the event it carries, an optional check, and what to do with it."""
+
+    topic: str
+    event_type: type[Event]
+    apply: Handler
+    check: Callable[[Any], None] | None = None
+
+
+class Orphans:
+    """Signals a payment workflow, waiting for the payment to start if it does not exist yet."""
+
+    def __init__(self, calls: TemporalCalls, *, timeout: float) -> None:
+        self.calls = calls
+        self.timeout = timeout
+
+    async def signal(self, payment_id: str, signal: str, arg: Any) -> str:
+        workflow_id = payment_workflow_id(payment_id)
+        deadline = time.monotonic() + self.timeout
+        backoff = Backoff(initial=0.2, cap=15.0)
+        while True:
+            result = await self.calls.signal(workflow_id, signal, arg)
+            if result != "not_found":
+                return result
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise OrphanError(
+                    f"no workflow {workflow_id} appeared within {self.timeout:.0f}s "
+                    f"(PAYBRIDGE_ORPHAN_TIMEOUT) to receive {signal}"
+                )
+            await asyncio.sleep(min(backoff.next_delay(), remaining))
+
+
+def verify_signature(secret: str) -> Callable[[GatewayCallback], None]:
+    def check(callback: GatewayCallback) -> None:
+        if not callback.signature:
+            raise SignatureError("gateway callback has no signature")
+        if not callback.signature_valid(secret):
+            raise SignatureError(
+                f"signature of callback {callback.event_id} does not verify "
+                "(HMAC-SHA256 with PAYBRIDGE_GATEWAY_SECRET)"
+            )
+
+    return check
+
+
+def build_routes(
+    settings: Settings, calls: TemporalCalls, *, gateway_secret: str
+) -> dict[str, Route]:
+    """The contract's three input topics, keyed by topic name."""
+    orphans = Orphans(calls, timeout=settings.orphan_timeout.total_seconds())
+
+    async def start_payment(event: PaymentCreated) -> str:
+        return await calls.start_payment(event, workflow_input=PaymentWorkflowInput(payment=event))
+
+    async def callback(event: GatewayCallback) -> str:
+        return await orphans.signal(
+            event.payment_id, "gateway_callback", GatewayCallbackSignal(callback=event)
+        )
+
+    async def cancel(event: PaymentCancelRequested) -> str:
+        return await orphans.signal(
+            event.payment_id,
+            "cancel",
+            CancelSignal(event_id=event.event_id, reason=event.reason),
+        )
+
+    routes = [
+        Route(settings.topic_payments, PaymentCreated, start_payment),
+        Route(
+            settings.topic_callbacks,
+            GatewayCallback,
+            callback,
+            check=verify_signature(gateway_secret),
+        ),
+        Route(settings.topic_cancels, PaymentCancelRequested, cancel),
+    ]
+    return {route.topic: route for route in routes}

@@ -1,0 +1,81 @@
+"""Assembles the bridge process: Kafka consumer and DLQ producer, routes, metrics, health."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiokafka import AIOKafkaConsumer
+from prometheus_client import CollectorRegistry
+from temporalio.client import Client
+
+from bridge.codec import Codec
+from bridge.consumer import Bridge
+from bridge.dlq import DeadLetters
+from bridge.kafka import client_kwargs, idempotent_producer
+from bridge.metrics import BridgeMetrics, MetricsServer, ReadyCheck
+from bridge.routing import build_routes
+from bridge.settings import Settings
+from bridge.temporal_calls import TemporalCalls
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.asynccontextmanager
+async def open_bridge(
+    settings: Settings,
+    client: Client,
+    *,
+    registry: CollectorRegistry,
+    server: MetricsServer | None = None,
+    codec: Codec | None = None,
+    gateway_secret: str | None = None,
+) -> AsyncIterator[Bridge]:
+    """A started :class:`Bridge` (not yet running); stops its Kafka clients on exit."""
+    secret = gateway_secret if gateway_secret is not None else settings.require_gateway_secret()
+    metrics = BridgeMetrics(registry)
+    codec = codec or Codec()
+    consumer = AIOKafkaConsumer(
+        **client_kwargs(settings),
+        group_id=settings.consumer_group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+    producer = idempotent_producer(settings)
+    calls = TemporalCalls(client, task_queue=settings.temporal_task_queue, metrics=metrics)
+    bridge = Bridge(
+        consumer,
+        routes=build_routes(settings, calls, gateway_secret=secret),
+        dead_letters=DeadLetters(producer, settings.topic_dlq),
+        metrics=metrics,
+        codec=codec,
+        max_inflight=settings.max_inflight,
+    )
+    if server is not None:
+        server.add_check("temporal", calls.reachable)
+        server.add_check("kafka", _kafka_check(consumer))
+    await producer.start()
+    try:
+        await consumer.start()
+        try:
+            yield bridge
+        finally:
+            bridge.stop()
+            await consumer.stop()
+    finally:
+        await producer.stop()
+
+
+def _kafka_check(consumer: AIOKafkaConsumer) -> ReadyCheck:
+    async def check() -> bool:
+        try:
+            await asyncio.wait_for(consumer.topics(), timeout=2)
+        except Exception:  # any failure to fetch metadata means Kafka is not usable now
+            return False
+        return True
+
+    return check
