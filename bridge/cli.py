@@ -302,5 +302,15 @@ def outcomes(follow: bool, payment_id: str | None, as_json: bool, **options: Any
     run_async(read_outcomes(settings, show, follow=follow, payment_id=payment_id))
 
 
+def _register_areas() -> None:
+    # Each area keeps its commands in its own module (imported late: they import this one).
+    from bridge import cli_load, cli_workflows
+
+    cli_workflows.register(main)
+    cli_load.register(main)
+
+
+_register_areas()
+
 if __name__ == "__main__":  # pragma: no cover
     main()

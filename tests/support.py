@@ -1,0 +1,155 @@
+"""Helpers for tests that run paybridge against the real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+from prometheus_client import CollectorRegistry
+from temporalio.client import Client
+
+from bridge.codec import Codec
+from bridge.consumer import Bridge
+from bridge.events import PaymentCreated, PaymentMethod, PaymentOutcome
+from bridge.kafka import client_kwargs, idempotent_producer
+from bridge.metrics import WorkerMetrics
+from bridge.service import open_bridge
+from bridge.settings import Settings
+from workflows.ledger import Ledger
+from workflows.worker import open_worker
+
+GATEWAY_SECRET = "test-secret"
+
+
+def payment(n: int = 0, **overrides: Any) -> PaymentCreated:
+    """A valid payment on a demo account; ``overrides`` replace fields."""
+    data: dict[str, Any] = {
+        "event_id": str(uuid.uuid4()),
+        "payment_id": f"p{n:06d}-{uuid.uuid4().hex[:8]}",
+        "account_id": f"acct-{n % 1000 + 1:04d}",
+        "merchant_id": f"merchant-{n % 7:02d}",
+        "amount_minor": 100 + n,
+        "currency": ("EUR", "USD", "GBP")[n % 3],
+        "method": PaymentMethod.CARD,
+        "created_at": datetime.now(UTC),
+    }
+    data.update(overrides)
+    return PaymentCreated.model_validate(data)
+
+
+async def produce_raw(
+    settings: Settings,
+    topic: str,
+    records: Iterable[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]],
+) -> None:
+    producer = idempotent_producer(settings)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic, value, key=key, headers=headers)
+            for key, value, headers in records
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def read_topic(
+    settings: Settings, topic: str, *, expect: int, timeout: float = 60.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Read ``topic`` from the start until ``expect`` records arrived (or time ran out),
+    then a little longer to catch any extra (duplicate) record."""
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False)
+    await consumer.start()
+    records: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        settle: float | None = None
+        while loop.time() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for batch_records in batch.values():
+                records.extend(batch_records)
+            if len(records) >= expect:
+                settle = settle or loop.time() + 1.0
+                if loop.time() >= settle:
+                    break
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def read_outcomes(
+    settings: Settings, *, expect: int, timeout: float = 60.0
+) -> list[PaymentOutcome]:
+    codec = Codec()
+    records = await read_topic(settings, settings.topic_outcomes, expect=expect, timeout=timeout)
+    return [codec.decode(PaymentOutcome, r.value) for r in records]
+
+
+async def count_workflows(client: Client, query: str) -> int:
+    return (await client.count_workflows(query)).count
+
+
+@dataclass
+class Stack:
+    """Worker and bridge of one test, in this process, against the session's servers."""
+
+    settings: Settings
+    client: Client
+    ledger: Ledger
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    bridges: list[Bridge] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def running_worker(stack: Stack) -> AsyncIterator[None]:
+    producer: AIOKafkaProducer = idempotent_producer(stack.settings)
+    await producer.start()
+    try:
+        async with open_worker(
+            stack.client,
+            task_queue=stack.settings.temporal_task_queue,
+            ledger=stack.ledger,
+            producer=producer,
+            outcomes_topic=stack.settings.topic_outcomes,
+            metrics=WorkerMetrics(stack.registry),
+        ):
+            yield
+    finally:
+        await producer.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_bridge(
+    stack: Stack, *, registry: CollectorRegistry | None = None
+) -> AsyncIterator[Bridge]:
+    async with open_bridge(
+        stack.settings,
+        stack.client,
+        registry=registry or stack.registry,
+        gateway_secret=GATEWAY_SECRET,
+    ) as bridge:
+        runner = asyncio.create_task(bridge.run())
+        stack.bridges.append(bridge)
+        try:
+            await asyncio.wait_for(bridge.assigned.wait(), timeout=30)
+            yield bridge
+        finally:
+            bridge.stop()
+            await runner
+
+
+def metric(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    value = registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
