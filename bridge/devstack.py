@@ -27,7 +27,7 @@ from bridge.metrics import MetricsServer, WorkerMetrics
 from bridge.processes import ServerProcess, find_binary, port_in_use
 from bridge.service import open_bridge
 from bridge.settings import Settings
-from bridge.temporal import connect
+from bridge.temporal import connect, sdk_metrics_runtime
 from workflows.ledger import Ledger
 from workflows.worker import open_worker
 
@@ -128,6 +128,9 @@ class DevStack:
                 f"task queue {self.settings.temporal_task_queue})",
                 f"  Kafka bootstrap  {self.settings.kafka_bootstrap_servers}",
                 f"  Metrics          http://{HOST}:{self.metrics_port}/metrics",
+                f"  SDK metrics      http://{HOST}:{self.settings.sdk_metrics_port}/metrics"
+                if self.settings.sdk_metrics_port
+                else "  SDK metrics      off (PAYBRIDGE_SDK_METRICS_PORT=0)",
                 f"  Data             {data}",
                 "",
                 "Produce a payment:  paybridge produce payment --account acct-0001 "
@@ -144,6 +147,7 @@ def _check_ports(settings: Settings) -> None:
         ("TEMPORAL_ADDRESS", temporal_port),
         ("TEMPORAL_ADDRESS (UI on its port + 1000)", temporal_port + 1000),
         ("PAYBRIDGE_METRICS_PORT", settings.metrics_port),
+        ("PAYBRIDGE_SDK_METRICS_PORT", settings.sdk_metrics_port),
     ):
         if port and port_in_use(HOST, port):
             raise ConfigError(setting, f"port {port} on {HOST} is already in use")
@@ -198,9 +202,12 @@ async def open_dev_stack(
         producer = idempotent_producer(settings)
         await producer.start()
         stack.push_async_callback(producer.stop)
+        # The worker's own client carries the runtime that serves the Temporal SDK's metrics.
+        sdk_runtime = sdk_metrics_runtime(settings, host=HOST)
+        worker_client = await connect(settings, runtime=sdk_runtime) if sdk_runtime else client
         await stack.enter_async_context(
             open_worker(
-                client,
+                worker_client,
                 task_queue=settings.temporal_task_queue,
                 ledger=ledger,
                 producer=producer,

@@ -11,12 +11,13 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 from temporalio.client import Client
+from temporalio.runtime import Runtime
 
 from bridge.kafka import idempotent_producer
 from bridge.metrics import MetricsServer, WorkerMetrics
 from bridge.service import open_bridge
 from bridge.settings import Settings
-from bridge.temporal import connect
+from bridge.temporal import connect, sdk_metrics_runtime
 from bridge.temporal_calls import Backoff
 from workflows.ledger import Ledger
 from workflows.worker import open_worker
@@ -24,12 +25,12 @@ from workflows.worker import open_worker
 log = logging.getLogger(__name__)
 
 
-async def connect_with_retry(settings: Settings) -> Client:
+async def connect_with_retry(settings: Settings, *, runtime: Runtime | None = None) -> Client:
     """Connect to Temporal, waiting (and saying so) while it is not reachable."""
     backoff = Backoff(initial=0.5, cap=10.0)
     while True:
         try:
-            return await connect(settings)
+            return await connect(settings, runtime=runtime)
         except RuntimeError as exc:
             delay = backoff.next_delay()
             log.warning(
@@ -81,7 +82,7 @@ async def run_worker(settings: Settings, *, ledger_path: Path, seed: bool) -> No
             until_signalled() as stop,
             MetricsServer(registry, host="0.0.0.0", port=settings.metrics_port),
         ):
-            client = await connect_with_retry(settings)
+            client = await connect_with_retry(settings, runtime=sdk_metrics_runtime(settings))
             await producer.start()
             async with open_worker(
                 client,

@@ -87,6 +87,8 @@ class Settings(BaseSettings):
     # paybridge
     gateway_secret: SecretStr | None = Field(None, alias="PAYBRIDGE_GATEWAY_SECRET")
     metrics_port: int = Field(9464, alias="PAYBRIDGE_METRICS_PORT", ge=0, le=65535)
+    # The Temporal SDK's own metrics (worker task latencies, slots, failures); 0 turns them off.
+    sdk_metrics_port: int = Field(9465, alias="PAYBRIDGE_SDK_METRICS_PORT", ge=0, le=65535)
     consumer_group: str = Field("paybridge", alias="PAYBRIDGE_CONSUMER_GROUP", min_length=1)
     max_inflight: int = Field(1000, alias="PAYBRIDGE_MAX_INFLIGHT", ge=1)
     callback_timeout: Duration = Field(timedelta(minutes=5), alias="PAYBRIDGE_CALLBACK_TIMEOUT")

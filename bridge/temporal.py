@@ -6,10 +6,30 @@ from pathlib import Path
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.runtime import Runtime
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.service import TLSConfig
 
+from bridge.errors import ConfigError
 from bridge.settings import Settings
+
+
+def sdk_metrics_runtime(settings: Settings, *, host: str = "0.0.0.0") -> Runtime | None:
+    """A Temporal runtime that serves the SDK's own metrics on ``PAYBRIDGE_SDK_METRICS_PORT``.
+
+    Clients connected with it (and the workers built on those clients) report task latencies,
+    slots, polls and failures as ``temporal_*`` metrics in seconds. ``None`` when the port is 0:
+    callers then use the default runtime. Every runtime has its own thread pool, so a process
+    makes one.
+    """
+    if not settings.sdk_metrics_port:
+        return None
+    address = f"{host}:{settings.sdk_metrics_port}"
+    prometheus = PrometheusConfig(bind_address=address, durations_as_seconds=True)
+    try:
+        return Runtime(telemetry=TelemetryConfig(metrics=prometheus))
+    except ValueError as exc:  # the SDK reports a port it cannot bind as ValueError
+        problem = f"cannot serve metrics on {address}: {exc}"
+        raise ConfigError("PAYBRIDGE_SDK_METRICS_PORT", problem) from exc
 
 
 def _read(path: str | None) -> bytes | None:
