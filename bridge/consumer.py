@@ -4,8 +4,9 @@
   keys run concurrently, also inside one partition, up to ``PAYBRIDGE_MAX_INFLIGHT``.
 - A partition's committed offset is the lowest offset not yet done (see ``bridge.offsets``):
   a crash can redeliver records, never skip one. Temporal deduplicates the redelivery.
-- When the in-flight limit is reached (e.g. Temporal is down and calls are backing off), the
-  bridge pauses fetching and keeps polling so that it stays in the group; memory stays bounded.
+- When the in-flight limit is reached the bridge stops taking records until a batch of slots is
+  free (records stay in the Kafka client's bounded fetch buffer). If that lasts (Temporal down,
+  calls backing off), it pauses the partitions and keeps polling so that it stays in the group.
 - A record that cannot be decoded, validated or verified goes to the DLQ and is done; the
   records behind it keep flowing.
 - On revoke and on shutdown, in-flight work gets a grace period, the rest is abandoned (it
@@ -78,6 +79,7 @@ class Bridge:
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = defaultdict(set)
         self._tails: dict[tuple[TopicPartition, bytes], asyncio.Task[None]] = {}
         self._inflight = 0
+        self._slots_free = asyncio.Event()
         self._paused = False
         self._stopping = asyncio.Event()
         self._commit_lock = asyncio.Lock()
@@ -111,9 +113,14 @@ class Bridge:
     # -- fetching --------------------------------------------------------------------------
 
     async def _poll_once(self) -> None:
+        if not await self._wait_for_slots():
+            # Saturated for a while: pause fetching, but keep polling to stay in the group.
+            self._set_paused(True)
+            await self.consumer.getmany(timeout_ms=0)
+            return
+        self._set_paused(False)
         capacity = self.max_inflight - self._inflight
-        self._apply_backpressure(capacity)
-        batch = await self.consumer.getmany(timeout_ms=200, max_records=max(1, min(capacity, 500)))
+        batch = await self.consumer.getmany(timeout_ms=200, max_records=min(capacity, 500))
         for tp, records in batch.items():
             offsets = self._offsets.get(tp)
             if offsets is None:
@@ -121,16 +128,32 @@ class Bridge:
             for record in records:
                 self._dispatch(tp, offsets, record)
 
-    def _apply_backpressure(self, capacity: int) -> None:
+    async def _wait_for_slots(self, patience: float = 5.0) -> bool:
+        """Wait until a batch of in-flight slots is free; False if none freed within
+        ``patience`` seconds. Taking records in batches keeps fetches and polls large."""
+        wanted = max(1, self.max_inflight // 10)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + patience
+        while self.max_inflight - self._inflight < wanted and not self._stopping.is_set():
+            self._slots_free.clear()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slots_free.wait(), remaining)
+        return True
+
+    def _set_paused(self, paused: bool) -> None:
+        if paused == self._paused:
+            return
         assignment = self.consumer.assignment()
-        if capacity <= 0 and not self._paused:
-            log.info("%d records in flight: pausing fetch", self._inflight)
+        if paused:
+            log.warning("%d records in flight for %.0fs: pausing fetch", self._inflight, 5.0)
             self.consumer.pause(*assignment)
-            self._paused = True
-        elif self._paused and capacity >= self.max_inflight // 4:
+        else:
             log.info("resuming fetch (%d records in flight)", self._inflight)
             self.consumer.resume(*assignment)
-            self._paused = False
+        self._paused = paused
 
     def _dispatch(self, tp: TopicPartition, offsets: PartitionOffsets, record: Record) -> None:
         offsets.fetched(record.offset)
@@ -149,6 +172,7 @@ class Bridge:
                 del self._tails[ordering]
             self._inflight -= 1
             self.metrics.inflight.set(self._inflight)
+            self._slots_free.set()
             if not task.cancelled() and task.exception() is None:
                 offsets.done(record.offset)
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -44,6 +45,50 @@ def idempotent_producer(settings: Settings, **extra: Any) -> AIOKafkaProducer:
         max_request_size=MAX_REQUEST_BYTES,
         **extra,
     )
+
+
+FETCH_API_KEY = 1
+FETCH_MAX_WAIT_MS = 100
+
+
+def consumer(settings: Settings, *topics: str, **extra: Any) -> AIOKafkaConsumer:
+    """A consumer whose idle fetches wait like Kafka's long poll, whatever the broker does.
+
+    Kafka holds a fetch that has no data for up to ``fetch_max_wait_ms``. A broker that
+    answers at once (the embedded dev broker does) would make aiokafka's fetcher spin at
+    thousands of empty fetches a second, a core's worth of CPU while idle. So an empty answer
+    that came back early is held for the rest of that time here; against Kafka this is a no-op.
+    """
+    kwargs: dict[str, Any] = {"fetch_max_wait_ms": FETCH_MAX_WAIT_MS, **extra}
+    created = AIOKafkaConsumer(*topics, **client_kwargs(settings), **kwargs)
+    _hold_empty_fetches(created, kwargs["fetch_max_wait_ms"] / 1000)
+    return created
+
+
+def _hold_empty_fetches(created: AIOKafkaConsumer, wait: float) -> None:
+    client = created._client  # aiokafka offers no hook for this: wrap the client's send
+    send = client.send
+
+    async def held_send(node_id: int, request: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(request, "API_KEY", None) != FETCH_API_KEY:
+            return await send(node_id, request, *args, **kwargs)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        response = await send(node_id, request, *args, **kwargs)
+        remaining = wait - (loop.time() - started)
+        if remaining > 0 and _no_records(response):
+            await asyncio.sleep(remaining)
+        return response
+
+    client.send = held_send
+
+
+def _no_records(response: Any) -> bool:
+    for _topic, partitions in response.topics:
+        for _partition, _error, _highwater, *data in partitions:
+            if data and data[-1]:
+                return False
+    return True
 
 
 def topic_specs(settings: Settings) -> dict[str, int]:

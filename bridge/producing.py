@@ -9,7 +9,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bridge.codec import JSON_CONTENT_TYPE, Codec
 from bridge.events import Event, PaymentOutcome
-from bridge.kafka import client_kwargs, idempotent_producer
+from bridge.kafka import consumer as kafka_consumer
+from bridge.kafka import idempotent_producer
 from bridge.settings import Settings
 
 
@@ -58,7 +59,7 @@ async def read_outcomes(
 ) -> None:
     """Read the outcomes topic from the start (no consumer group) and pass each to ``show``."""
     codec = codec or Codec()
-    consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False)
+    consumer = kafka_consumer(settings, enable_auto_commit=False)
     await consumer.start()
     try:
         partitions = [

@@ -14,7 +14,8 @@ from temporalio.client import Client
 from bridge.codec import Codec
 from bridge.consumer import Bridge
 from bridge.dlq import DeadLetters
-from bridge.kafka import client_kwargs, idempotent_producer
+from bridge.kafka import consumer as kafka_consumer
+from bridge.kafka import idempotent_producer
 from bridge.metrics import BridgeMetrics, MetricsServer, ReadyCheck
 from bridge.routing import build_routes
 from bridge.settings import Settings
@@ -37,8 +38,8 @@ async def open_bridge(
     secret = gateway_secret if gateway_secret is not None else settings.require_gateway_secret()
     metrics = BridgeMetrics(registry)
     codec = codec or Codec()
-    consumer = AIOKafkaConsumer(
-        **client_kwargs(settings),
+    consumer = kafka_consumer(
+        settings,
         group_id=settings.consumer_group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry
 from temporalio.client import Client
@@ -18,11 +18,14 @@ from temporalio.client import Client
 from bridge.codec import Codec
 from bridge.consumer import Bridge
 from bridge.events import PaymentCreated, PaymentMethod, PaymentOutcome
-from bridge.kafka import client_kwargs, idempotent_producer
+from bridge.kafka import consumer as kafka_consumer
+from bridge.kafka import idempotent_producer
 from bridge.metrics import WorkerMetrics
 from bridge.service import open_bridge
 from bridge.settings import Settings
+from workflows.gateway import GatewayBehaviour, KafkaCallbackEmitter, SimulatedGateway
 from workflows.ledger import Ledger
+from workflows.notifications import NotificationSink
 from workflows.worker import open_worker
 
 GATEWAY_SECRET = "test-secret"
@@ -66,7 +69,7 @@ async def read_topic(
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """Read ``topic`` from the start until ``expect`` records arrived (or time ran out),
     then a little longer to catch any extra (duplicate) record."""
-    consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False)
+    consumer = kafka_consumer(settings, enable_auto_commit=False)
     await consumer.start()
     records: list[ConsumerRecord[bytes, bytes]] = []
     try:
@@ -113,9 +116,21 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def running_worker(stack: Stack) -> AsyncIterator[None]:
+async def running_worker(
+    stack: Stack,
+    *,
+    gateway: GatewayBehaviour | None = None,
+    notifications: NotificationSink | None = None,
+) -> AsyncIterator[SimulatedGateway]:
+    """The worker of one test, with a simulated gateway whose signed callbacks travel through
+    the callbacks topic and the bridge (by default it approves every payment after ~50 ms)."""
     producer: AIOKafkaProducer = idempotent_producer(stack.settings)
     await producer.start()
+    simulator = SimulatedGateway(
+        gateway or GatewayBehaviour(latency=0.05),
+        emitter=KafkaCallbackEmitter(producer, topic=stack.settings.topic_callbacks),
+        secret=GATEWAY_SECRET,
+    )
     try:
         async with open_worker(
             stack.client,
@@ -124,9 +139,12 @@ async def running_worker(stack: Stack) -> AsyncIterator[None]:
             producer=producer,
             outcomes_topic=stack.settings.topic_outcomes,
             metrics=WorkerMetrics(stack.registry),
+            gateway=simulator,
+            notifications=notifications,
         ):
-            yield
+            yield simulator
     finally:
+        await simulator.close()
         await producer.stop()
 
 
