@@ -1,0 +1,28 @@
+# syntax=docker/dockerfile:1
+# One image for every paybridge process of docker-compose.yml: `paybridge bridge`,
+# `paybridge worker` and the one-shot `paybridge topics create`.
+ARG PYTHON_IMAGE=python:3.11.10-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+WORKDIR /src
+COPY . .
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM ${PYTHON_IMAGE}
+ENV PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PAYBRIDGE_METRICS_PORT=9464 \
+    PAYBRIDGE_SDK_METRICS_PORT=9465
+RUN useradd --create-home --uid 10001 paybridge \
+    && mkdir /data \
+    && chown paybridge /data
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+USER paybridge
+WORKDIR /data
+# /metrics, /healthz and /readyz; the worker also serves the Temporal SDK's metrics on 9465.
+EXPOSE 9464 9465
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ['PAYBRIDGE_METRICS_PORT']}/readyz\", timeout=2)"]
+ENTRYPOINT ["paybridge"]
+CMD ["--help"]
