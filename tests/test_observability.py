@@ -15,6 +15,7 @@ import contextlib
 import json
 import re
 import shutil
+import socket
 import subprocess
 import urllib.error
 import urllib.parse
@@ -33,6 +34,7 @@ from ruamel.yaml import YAML
 
 from bridge.codec import Codec
 from bridge.devstack import temporal_server, wait_for_temporal
+from bridge.errors import ConfigError
 from bridge.events import PaymentCancelRequested
 from bridge.kafka import create_topics
 from bridge.metrics import MetricsServer
@@ -427,6 +429,19 @@ async def test_bridge_down_alert_when_its_metrics_stop(run: Run) -> None:
     assert await run.prometheus.wait_for(down["expr"], timeout=15)
     pending = await run.prometheus.wait_for('ALERTS{alertname="PaybridgeBridgeDown"}', timeout=10)
     assert pending[0]["metric"]["alertstate"] == "pending"  # `for: 1m` not yet elapsed
+
+
+# ---------------------------------------------------------------- the SDK runtime
+
+
+def test_sdk_metrics_port_zero_turns_them_off_and_a_busy_port_names_the_setting() -> None:
+    assert sdk_metrics_runtime(Settings(PAYBRIDGE_SDK_METRICS_PORT=0)) is None
+    with socket.socket() as busy:
+        busy.bind((HOST, 0))
+        busy.listen()
+        settings = Settings(PAYBRIDGE_SDK_METRICS_PORT=busy.getsockname()[1])
+        with pytest.raises(ConfigError, match="PAYBRIDGE_SDK_METRICS_PORT"):
+            sdk_metrics_runtime(settings, host=HOST)
 
 
 # ---------------------------------------------------------------- promtool
