@@ -32,6 +32,9 @@ MAGIC = b"\xc3\x01"
 HEADER_LEN = len(MAGIC) + 8
 NAMESPACE = "paybridge.v1"
 JSON_CONTENT_TYPE = b"application/json"
+# No valid event comes near this size; refusing larger values before decoding keeps a hostile
+# record cheap to dead-letter.
+MAX_VALUE_BYTES = 1024 * 1024
 
 E = TypeVar("E", bound=Event)
 
@@ -150,6 +153,10 @@ class Codec:
         """The validated event in ``value``; raises :class:`DecodeError` saying what is wrong."""
         if value is None:
             raise DecodeError("undecodable", "record has no value (tombstone)")
+        if len(value) > MAX_VALUE_BYTES:
+            raise DecodeError(
+                "undecodable", f"value is {len(value)} bytes; events are at most {MAX_VALUE_BYTES}"
+            )
         if _is_json(headers):
             data = self._read_json(event_type, value)
         elif value[: len(MAGIC)] == MAGIC:

@@ -40,6 +40,18 @@ log = logging.getLogger(__name__)
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 
+def check_key(key: bytes | None, payment_id: str) -> None:
+    """Records are keyed by payment id (UTF-8): that key is what orders a payment's events."""
+    if key is None:
+        return
+    try:
+        text = key.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DecodeError("validation", f"record key {key!r} is not UTF-8") from exc
+    if text != payment_id:
+        raise DecodeError("validation", f"record key {text!r} is not the payment_id {payment_id!r}")
+
+
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, bridge: Bridge) -> None:
         self.bridge = bridge
@@ -188,6 +200,7 @@ class Bridge:
         route = self.routes[record.topic]
         try:
             event = self.codec.decode(route.event_type, record.value, headers=record.headers)
+            check_key(record.key, event.payment_id)
             if route.check is not None:
                 route.check(event)
             result = await route.apply(event)

@@ -17,6 +17,9 @@ log = logging.getLogger(__name__)
 
 # Large enough for the DLQ to keep an oversized bad record untouched.
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
+# Input and DLQ topics accept records this large, so that an oversized bad record reaches the
+# bridge and the DLQ (untouched) instead of failing at its producer or being lost on the way.
+TOPIC_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
 def client_kwargs(settings: Settings) -> dict[str, Any]:
@@ -107,7 +110,12 @@ async def create_topics(settings: Settings, specs: dict[str, int] | None = None)
         existing = set(await admin.list_topics())
         wanted = specs if specs is not None else topic_specs(settings)
         missing = [
-            NewTopic(name, num_partitions=partitions, replication_factor=1)
+            NewTopic(
+                name,
+                num_partitions=partitions,
+                replication_factor=1,
+                topic_configs={"max.message.bytes": str(TOPIC_MAX_MESSAGE_BYTES)},
+            )
             for name, partitions in wanted.items()
             if name not in existing
         ]

@@ -26,12 +26,17 @@ class Server:
     address: str
     process: ServerProcess | None = None
 
-    async def restart(self) -> None:
+    def _own(self) -> ServerProcess:
         if self.process is None:
-            raise RuntimeError(f"{self.address} was not started by the tests: cannot restart it")
-        await self.process.stop()
-        await self.process.start()
-        await self.process.wait_for_port(HOST, int(self.address.rpartition(":")[2]))
+            raise RuntimeError(f"{self.address} was not started by the tests: cannot stop it")
+        return self.process
+
+    async def stop(self) -> None:
+        await self._own().stop()
+
+    async def start(self) -> None:
+        await self._own().start()
+        await self._own().wait_for_port(HOST, int(self.address.rpartition(":")[2]))
 
 
 @contextlib.asynccontextmanager

@@ -1,0 +1,280 @@
+"""The bridge under faults: hostile input, Temporal outage, kill -9, scale-out.
+
+Everything runs against the real Temporal dev server and the real broker; bridges run as
+separate `paybridge bridge` processes where a process boundary matters (crash, readiness,
+two group members).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+from collections import Counter
+from pathlib import Path
+
+from bridge.codec import MAGIC, Codec
+from bridge.events import GatewayCallback, PaymentOutcome
+from bridge.producing import encode_record
+from bridge.settings import Settings
+from tests.bridge_process import BridgeProcess
+from tests.servers import Server
+from tests.support import (
+    Stack,
+    count_workflows,
+    payment,
+    produce_raw,
+    read_topic,
+    running_bridge,
+    running_worker,
+)
+
+JSON = [("content-type", b"application/json")]
+
+
+def assert_once_each(outcomes: list[PaymentOutcome], payment_ids: set[str]) -> None:
+    counts = Counter(o.payment_id for o in outcomes)
+    duplicated = {pid: n for pid, n in counts.items() if n > 1}
+    missing = payment_ids - set(counts)
+    assert not duplicated, f"{len(duplicated)} payments with several outcomes: {duplicated}"
+    assert not missing, f"{len(missing)} payments without outcome, e.g. {sorted(missing)[:5]}"
+    assert set(counts) == payment_ids
+
+
+async def outcomes_of(settings: Settings, expect: int, timeout: float) -> list[PaymentOutcome]:
+    codec = Codec()
+    records = await read_topic(settings, settings.topic_outcomes, expect=expect, timeout=timeout)
+    return [codec.decode(PaymentOutcome, r.value) for r in records]
+
+
+async def settled_count(stack: Stack, expected: int, timeout: float = 30) -> int:
+    query = f'TaskQueue = "{stack.settings.temporal_task_queue}"'
+    deadline = time.monotonic() + timeout
+    count = 0
+    while time.monotonic() < deadline:
+        count = await count_workflows(stack.client, query)
+        if count >= expected:
+            break
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(1)
+    return await count_workflows(stack.client, query)
+
+
+def hostile_records(
+    codec: Codec, victim_ids: list[str]
+) -> list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]:
+    """One of each kind of bad record of the acceptance list, for the payments topic."""
+    rng = random.Random(11)
+    good = codec.encode(payment(0))
+    wrong_fingerprint = MAGIC + bytes(rng.randrange(256) for _ in range(8)) + good[10:]
+    missing = json.loads(codec.encode_json(payment(1)))
+    del missing["amount_minor"]
+    negative = payment(2).model_copy(update={"amount_minor": -500})
+    lower = payment(3).model_copy(update={"currency": "eur"})
+    utf8_bad_key = payment(4)
+    return [
+        (b"random", bytes(rng.randrange(256) for _ in range(300)), []),
+        (victim_ids[0].encode(), good[: len(good) // 2], []),
+        (b"fingerprint", wrong_fingerprint, []),
+        (b"missing", json.dumps(missing).encode(), JSON),
+        (negative.payment_id.encode(), codec.encode(negative), []),
+        (lower.payment_id.encode(), codec.encode_json(lower), JSON),
+        (b"huge", os.urandom(5 * 1024 * 1024), []),
+        (b"\xff\xfe\xfd", codec.encode(utf8_bad_key), []),
+    ]
+
+
+def forged_callbacks(
+    codec: Codec, payment_ids: list[str]
+) -> list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]:
+    from datetime import UTC, datetime
+
+    forged = []
+    for n, pid in enumerate(payment_ids):
+        callback = GatewayCallback(
+            event_id=f"forged-{n}",
+            payment_id=pid,
+            gateway_ref=f"forged-{n}",
+            status="DECLINED",
+            occurred_at=datetime.now(UTC),
+            signature="00" * 32,
+        )
+        if n % 2:  # the other half: signed with the wrong key
+            callback = callback.model_copy(
+                update={"signature": callback.expected_signature("guess")}
+            )
+        forged.append((pid.encode(), codec.encode(callback), []))
+    return forged
+
+
+async def drain(
+    stack: Stack, good: list, bad: list, forged: list
+) -> tuple[float, list[PaymentOutcome]]:
+    settings, codec = stack.settings, Codec()
+    records = [encode_record(codec, p, as_json=n % 3 == 0) for n, p in enumerate(good)]
+    mixed = list(records)
+    for n, record in enumerate(bad):
+        mixed.insert((n * 13) % len(mixed), record)
+    async with running_worker(stack), running_bridge(stack):
+        started = time.monotonic()
+        await asyncio.gather(
+            produce_raw(settings, settings.topic_payments, mixed),
+            produce_raw(settings, settings.topic_callbacks, forged),
+        )
+        outcomes = await outcomes_of(settings, len(good), timeout=120)
+        elapsed = time.monotonic() - started
+    return elapsed, outcomes
+
+
+async def test_hostile_input_goes_to_dlq_and_good_records_flow(
+    stack: Stack, settings: Settings
+) -> None:
+    codec = Codec()
+    clean_good = [payment(n) for n in range(100)]
+    clean_time, clean = await drain(stack, clean_good, [], [])
+    assert_once_each(clean, {p.payment_id for p in clean_good})
+
+    # The same again with every kind of bad record interleaved, on fresh topics.
+    from bridge.kafka import create_topics
+
+    tag = os.urandom(4).hex()
+    hostile_settings = settings.model_copy(
+        update={
+            "consumer_group": settings.consumer_group + tag,
+            **{
+                f: getattr(settings, f) + tag
+                for f in (
+                    "topic_payments",
+                    "topic_callbacks",
+                    "topic_cancels",
+                    "topic_outcomes",
+                    "topic_dlq",
+                )
+            },
+        }
+    )
+    await create_topics(hostile_settings)
+    hostile = Stack(settings=hostile_settings, client=stack.client, ledger=stack.ledger)
+    good = [payment(n) for n in range(100)]
+    bad = hostile_records(codec, [good[0].payment_id])
+    forged = forged_callbacks(codec, [p.payment_id for p in good[:6]])
+    hostile_time, outcomes = await drain(hostile, good, bad, forged)
+
+    assert_once_each(outcomes, {p.payment_id for p in good})
+    dead = await read_topic(
+        hostile_settings, hostile_settings.topic_dlq, expect=len(bad) + len(forged)
+    )
+    assert len(dead) == len(bad) + len(forged)
+    by_reason = Counter(dict(r.headers)["dlq.reason"].decode() for r in dead)
+    assert by_reason == {
+        "undecodable": 3,  # random bytes, truncated Avro, 5 MB value
+        "unknown_schema": 1,  # wrong fingerprint
+        "validation": 4,  # missing field, negative amount, lower-case currency, bad key
+        "bad_signature": len(forged),
+    }
+    originals = {(k, v) for k, v, _ in bad + forged}
+    assert {(r.key, r.value) for r in dead} == originals
+    for record in dead:
+        headers = dict(record.headers)
+        source = headers["dlq.source.topic"].decode()
+        assert source in (hostile_settings.topic_payments, hostile_settings.topic_callbacks)
+        assert int(headers["dlq.source.partition"]) in range(6)
+        assert int(headers["dlq.source.offset"]) >= 0
+        assert headers["dlq.error.class"] in (b"DecodeError", b"SignatureError")
+        assert headers["dlq.error.message"] and headers["dlq.failed_at"]
+    # Forged callbacks never reached a workflow: the payments they named still succeeded.
+    assert {
+        o.status.value for o in outcomes if o.payment_id in {p.payment_id for p in good[:6]}
+    } == {"SUCCEEDED"}
+    print(f"drain: clean {clean_time:.1f}s, with bad records {hostile_time:.1f}s")
+    assert hostile_time < 2 * clean_time
+
+
+async def test_two_bridge_processes_share_the_partitions(stack: Stack, tmp_path: Path) -> None:
+    settings, codec = stack.settings, Codec()
+    payments = [payment(n) for n in range(300)]
+    bridges = [BridgeProcess(settings, log_path=tmp_path / f"bridge-{n}.log") for n in range(2)]
+    async with running_worker(stack):
+        try:
+            for bridge in bridges:
+                bridge.start()
+            for bridge in bridges:
+                await bridge.wait_ready()
+            await asyncio.sleep(3)  # both members joined: the group has rebalanced
+            await produce_raw(
+                settings, settings.topic_payments, [encode_record(codec, p) for p in payments]
+            )
+            outcomes = await outcomes_of(settings, len(payments), timeout=120)
+            starts = [
+                await b.sample("paybridge_workflow_starts_total", result="started") for b in bridges
+            ]
+        finally:
+            codes = [b.stop() for b in bridges]
+    assert_once_each(outcomes, {p.payment_id for p in payments})
+    assert all(n > 0 for n in starts), f"a bridge took no work: {starts}"
+    assert sum(starts) == len(payments)
+    assert codes == [0, 0]
+    assert await settled_count(stack, len(payments)) == len(payments)
+
+
+async def test_kill_9_the_bridge_three_times(stack: Stack, tmp_path: Path) -> None:
+    settings, codec = stack.settings, Codec()
+    rng = random.Random(2026)
+    payments = [payment(n) for n in range(2000)]
+    bridge = BridgeProcess(settings, log_path=tmp_path / "bridge.log")
+    async with running_worker(stack):
+        producing = asyncio.create_task(
+            produce_raw(
+                settings, settings.topic_payments, [encode_record(codec, p) for p in payments]
+            )
+        )
+        bridge.start()
+        try:
+            for _ in range(3):
+                await bridge.wait_ready()
+                await asyncio.sleep(rng.uniform(1.0, 6.0))
+                bridge.kill()
+                bridge.start()
+            await producing
+            outcomes = await outcomes_of(settings, len(payments), timeout=300)
+        finally:
+            bridge.stop()
+    assert_once_each(outcomes, {p.payment_id for p in payments})
+    assert len(outcomes) == len(payments)
+    assert await settled_count(stack, len(payments)) == len(payments)
+
+
+async def test_temporal_outage_loses_nothing(
+    stack: Stack, temporal_server: Server, tmp_path: Path
+) -> None:
+    settings, codec = stack.settings, Codec()
+    payments = [payment(n) for n in range(1000)]
+    bridge = BridgeProcess(settings, log_path=tmp_path / "bridge.log")
+    async with running_worker(stack):
+        bridge.start()
+        try:
+            await bridge.wait_ready()
+            await produce_raw(
+                settings, settings.topic_payments, [encode_record(codec, p) for p in payments]
+            )
+            while await bridge.sample("paybridge_workflow_starts_total", result="started") < 200:
+                await asyncio.sleep(0.2)
+            await temporal_server.stop()
+            down_at = time.monotonic()
+            readiness = []
+            while time.monotonic() - down_at < 20:
+                readiness.append((await bridge.get("/readyz"))[0])
+                await asyncio.sleep(1)
+            await temporal_server.start()
+            outcomes = await outcomes_of(settings, len(payments), timeout=300)
+            retries = await bridge.sample("paybridge_temporal_retries_total")
+            dead = await bridge.sample("paybridge_dlq_records_total")
+        finally:
+            bridge.stop()
+    assert 503 in readiness, f"bridge stayed ready while Temporal was down: {readiness}"
+    assert retries > 0
+    assert dead == 0
+    assert_once_each(outcomes, {p.payment_id for p in payments})
+    assert await settled_count(stack, len(payments)) == len(payments)
