@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from bridge.errors import PaybridgeError
 from bridge.kafka import MAX_REQUEST_BYTES, client_kwargs
+from bridge.kafka import consumer as kafka_consumer
 from bridge.settings import Settings
 
 MARKER_HEADER = "dlq.marker"
@@ -135,8 +136,8 @@ def parse_record(record: ConsumerRecord[bytes, bytes]) -> DeadLetter | Marker | 
 async def read_dlq(settings: Settings) -> DlqContents:
     """Every committed record of the DLQ topic, from the start to the current end."""
     topic = settings.topic_dlq
-    consumer = AIOKafkaConsumer(
-        **client_kwargs(settings),
+    consumer = kafka_consumer(
+        settings,
         enable_auto_commit=False,
         isolation_level="read_committed",
         max_partition_fetch_bytes=MAX_REQUEST_BYTES,

@@ -17,12 +17,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from bridge.codec import Codec
 from bridge.errors import DecodeError
 from bridge.events import PaymentOutcome
-from bridge.kafka import client_kwargs, idempotent_producer
+from bridge.kafka import consumer as kafka_consumer
+from bridge.kafka import idempotent_producer
 from bridge.loadmix import Mix, PaymentFactory, Planned
 from bridge.loadstats import Tracker
 from bridge.producing import encode_record
@@ -95,7 +96,7 @@ class OutcomeReader:
     def __init__(self, settings: Settings, codec: Codec) -> None:
         self.settings = settings
         self.codec = codec
-        self.consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False)
+        self.consumer = kafka_consumer(settings, enable_auto_commit=False)
 
     async def start(self) -> dict[TopicPartition, int]:
         await self.consumer.start()

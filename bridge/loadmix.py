@@ -61,16 +61,18 @@ class Mix:
 
     @classmethod
     def parse(cls, text: str) -> Mix:
-        """``decline=0.1,cancel=0`` (unnamed shares keep their defaults; ``none`` = all 0)."""
-        if text.strip() == "none":
-            return cls(**dict.fromkeys((f.name for f in fields(cls)), 0.0))
-        names = {f.name for f in fields(cls)}
+        """``decline=0.1,cancel=0``; unnamed shares keep their defaults, after ``none`` they
+        are 0 (``none,cancel=0.1``: only cancels)."""
+        names = [f.name for f in fields(cls)]
         given: dict[str, float] = {}
         for part in filter(None, (p.strip() for p in text.split(","))):
+            if part == "none":
+                given = dict.fromkeys(names, 0.0)
+                continue
             name, sep, value = part.partition("=")
             name = name.strip().replace("-", "_")
             if not sep or name not in names:
-                raise ValueError(f"{part!r}: use NAME=SHARE with NAME one of {sorted(names)}")
+                raise ValueError(f"{part!r}: use NAME=SHARE with NAME one of {names}")
             given[name] = float(value)
         return cls(**given)
 

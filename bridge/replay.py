@@ -34,6 +34,7 @@ from bridge.codec import HEADER_LEN, JSON_CONTENT_TYPE, MAGIC, Codec
 from bridge.errors import DecodeError, PaybridgeError
 from bridge.events import Event, GatewayCallback, PaymentCancelRequested, PaymentCreated
 from bridge.kafka import client_kwargs, idempotent_producer
+from bridge.kafka import consumer as kafka_consumer
 from bridge.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -196,9 +197,7 @@ class ReplayPlan:
 
 def source_consumer(settings: Settings) -> AIOKafkaConsumer:
     # Only committed records: an aborted transaction (e.g. a failed DLQ redrive) is not data.
-    return AIOKafkaConsumer(
-        **client_kwargs(settings), enable_auto_commit=False, isolation_level="read_committed"
-    )
+    return kafka_consumer(settings, enable_auto_commit=False, isolation_level="read_committed")
 
 
 async def plan_replay(
@@ -387,7 +386,7 @@ async def _commit_as_group(
 ) -> None:
     # A consumer that is assigned partitions (not subscribed) never joins the group: its
     # commit is a "simple" commit, which Kafka accepts only while the group is empty.
-    consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=group, enable_auto_commit=False)
+    consumer = kafka_consumer(settings, group_id=group, enable_auto_commit=False)
     await consumer.start()
     try:
         consumer.assign(list(offsets))
