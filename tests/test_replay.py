@@ -42,8 +42,7 @@ async def _settled_count(stack: Stack, expected: int, *, timeout: float = 30) ->
     """Payment workflows on the test's task queue, polled (visibility is eventually
     consistent). Child workflows of the saga (fraud check) are not payments."""
     query = (
-        f'TaskQueue = "{stack.settings.temporal_task_queue}" '
-        'AND WorkflowType = "PaymentWorkflow"'
+        f'TaskQueue = "{stack.settings.temporal_task_queue}" AND WorkflowType = "PaymentWorkflow"'
     )
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
