@@ -1,0 +1,41 @@
+"""The fault-injection suite in its CI mode, and proof that it catches a real ordering bug.
+
+The long mode runs from the command line: ``python -m tests.faults --long --seed N``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from tests.faults.harness import run
+
+SEED = int(os.environ.get("PAYBRIDGE_FAULT_SEED", "1"))
+
+
+async def test_faults_lose_and_duplicate_nothing(tmp_path: Path) -> None:
+    verdict = await run(tmp_path / "cluster", seed=SEED, payments=1000, faults=6, rate=25)
+    print(verdict.table_row())
+    assert len(verdict.faults) >= 5
+    assert verdict.ok, verdict.problems()
+    assert verdict.outcomes >= 1000
+
+
+async def test_suite_catches_commits_moved_before_the_temporal_call(tmp_path: Path) -> None:
+    unsafe = [sys.executable, "-m", "tests.faults.unsafe_bridge", "-v", "bridge"]
+    verdict = await run(
+        tmp_path / "cluster",
+        seed=SEED,
+        payments=150,
+        faults=1,
+        rate=100,
+        timeout=60,
+        bridge_argv=unsafe,
+        plan=[(1.0, "kill_bridge_in_outage")],
+    )
+    assert not verdict.ok
+    assert verdict.lost, "the suite did not notice payments lost by committing early"
+    never_started = [pid for pid, why in verdict.lost.items() if "no workflow exists" in why]
+    assert never_started, verdict.problems()
+    assert f"lost {sorted(never_started)[0]}: no workflow exists" in verdict.problems()
