@@ -12,6 +12,7 @@ p99, from the same PromQL the Grafana overview dashboard uses.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import sys
@@ -39,7 +40,9 @@ class Line:
 
 def throughput(window: str) -> list[Line]:
     return [
-        Line("events in", f"sum(rate(paybridge_events_consumed_total[{window}]))"),
+        Line(
+            "events in (all input topics)", f"sum(rate(paybridge_events_consumed_total[{window}]))"
+        ),
         Line(
             "workflows started",
             f'sum(rate(paybridge_workflow_starts_total{{result="started"}}[{window}]))',
@@ -85,12 +88,27 @@ def query_range(
     return [(t, v) for t, v in points if math.isfinite(v)]
 
 
+def with_gaps(
+    points: list[tuple[datetime, float]], *, step: float
+) -> tuple[list[datetime], list[float]]:
+    """Times and values with a NaN wherever points are missing, so that the line breaks
+    there instead of bridging a quiet period (a quantile has no value without traffic)."""
+    times, values = [points[0][0]], [points[0][1]]
+    for (before, _), (at, value) in itertools.pairwise(points):
+        if (at - before).total_seconds() > 1.5 * step:
+            times.append(before + (at - before) / 2)
+            values.append(math.nan)
+        times.append(at)
+        values.append(value)
+    return times, values
+
+
 def plot(ax: Axes, base: str, lines: list[Line], *, start: float, end: float, step: float) -> int:
     drawn = 0
     for line in lines:
         points = query_range(base, line.expr, start=start, end=end, step=step)
         if points:
-            times, values = zip(*points, strict=True)
+            times, values = with_gaps(points, step=step)
             ax.plot(times, values, line.style, label=line.label, linewidth=1.6)
             drawn += 1
     ax.grid(True, alpha=0.3)
