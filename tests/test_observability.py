@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import shutil
 import socket
 import subprocess
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -172,6 +174,8 @@ class Run:
     prometheus: Prometheus
     bridge_server: MetricsServer
     payments: int
+    settings: Settings
+    tmp: Path
 
 
 def _settings(kafka: str, temporal: str) -> Settings:
@@ -275,7 +279,7 @@ async def run(
         )
         assert scraped, "Prometheus did not scrape the worker's outcome counters"
         await prometheus.wait_for('paybridge_signals_total{signal="cancel"}')
-        yield Run(prometheus, bridge_server, total)
+        yield Run(prometheus, bridge_server, total, settings, tmp)
 
 
 # ---------------------------------------------------------------- dashboards
@@ -418,6 +422,60 @@ async def test_every_rule_is_loaded_and_evaluates_cleanly(run: Run) -> None:
     assert "PaybridgeDeadLetters" in active
     healthy = {"PaybridgeBridgeDown", "PaybridgeWorkerDown", "TemporalWorkflowTaskFailures"}
     assert not active & healthy, active
+
+
+@needs_prometheus
+async def test_paybridge_worker_process_serves_the_sdk_metrics(run: Run) -> None:
+    """`paybridge worker` itself: its Temporal SDK metrics on PAYBRIDGE_SDK_METRICS_PORT."""
+    metrics_port, sdk_port = free_port(), free_port()
+    task_queue = f"payments-{uuid.uuid4().hex[:10]}"
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": run.settings.kafka_bootstrap_servers,
+        "TEMPORAL_ADDRESS": run.settings.temporal_address,
+        "TEMPORAL_TASK_QUEUE": task_queue,
+        "PAYBRIDGE_METRICS_PORT": str(metrics_port),
+        "PAYBRIDGE_SDK_METRICS_PORT": str(sdk_port),
+    }
+    ledger = run.tmp / f"{task_queue}.sqlite"
+    worker = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "paybridge"),
+        "worker",
+        "--ledger",
+        str(ledger),
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        text = ""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while not _polling(text, task_queue) and loop.time() < deadline:
+            await asyncio.sleep(0.3)
+            with contextlib.suppress(OSError):
+                text = await asyncio.to_thread(_fetch, f"http://{HOST}:{sdk_port}/metrics")
+        assert _polling(text, task_queue), text[:2000]
+        assert "ok" in await asyncio.to_thread(_fetch, f"http://{HOST}:{metrics_port}/healthz")
+    finally:
+        worker.terminate()
+        _, stderr = await asyncio.wait_for(worker.communicate(), timeout=30)
+    assert worker.returncode == 0, stderr.decode(errors="replace")[-2000:]
+
+
+def _polling(metrics: str, task_queue: str) -> bool:
+    """The SDK reports task slots of a worker of ``task_queue``."""
+    return any(
+        line.startswith("temporal_worker_task_slots_available{")
+        and f'task_queue="{task_queue}"' in line
+        for line in metrics.splitlines()
+    )
+
+
+def _fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        body: bytes = response.read()
+    return body.decode()
 
 
 @needs_prometheus
