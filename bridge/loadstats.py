@@ -42,6 +42,7 @@ class Tracker:
     started: float = field(default_factory=time.time)
     sent: dict[str, Sent] = field(default_factory=dict)
     done: dict[str, PaymentOutcome] = field(default_factory=dict)
+    arrived: dict[str, float] = field(default_factory=dict)  # payment id -> outcome read at
     seen_events: set[str] = field(default_factory=set)
     statuses: Counter[str] = field(default_factory=Counter)
     by_intent: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
@@ -79,6 +80,7 @@ class Tracker:
             return
         self.seen_events.add(outcome.event_id)
         self.done[outcome.payment_id] = outcome
+        self.arrived[outcome.payment_id] = now
         self.statuses[outcome.status.value] += 1
         self.by_intent[sent.intent][outcome.status.value] += 1
         latency = max(0.0, now - sent.created_at)

@@ -1,0 +1,374 @@
+"""End-to-end benchmark of paybridge on the dev stack, next to the Temporal-only ceiling.
+
+    .venv/bin/python benchmarks/e2e.py --quick      # ~2 minutes
+    .venv/bin/python benchmarks/e2e.py              # ~8 minutes, steadier figures
+
+One process starts the dev stack (``open_dev_stack``: Temporal dev server, Kafka-protocol
+broker, worker, bridge, simulated gateway answering every authorisation after ~100 ms) on free
+ports, then measures, in this order and on the same stack:
+
+1. **Temporal-only ceiling**: N payments started flat out by the SDK with the bridge's own
+   start call (``build_routes(...)[payments].apply``: same workflow, same input, same id policy)
+   and at most ``PAYBRIDGE_MAX_INFLIGHT`` starts in flight, as the bridge allows. N is sized
+   from a short probe so that the burst lasts about ``--ceiling-seconds``. Throughput = payments
+   / (first start -> last outcome read).
+2. **Bridge flat out**: the same N payments produced to ``payments.created`` as fast as possible.
+   Steps 1 and 2 alternate ``--pairs`` times and the best of each is reported (every run is
+   listed): the machine's other load drifts over minutes, and side-by-side pairs are what make
+   the ratio meaningful.
+3. **Sustained rate**: paced runs of ``--step-seconds`` each, from ``--start-factor`` of the
+   ceiling (70% quick, 60% full) up in steps of 10% (down by x0.7 when the first step fails).
+   A step passes when no payment is missing or duplicated and latency stays bounded: the
+   overall p99 is under ``--p99-limit``, and the median latency of the last third of the
+   payments (by send time) is at most 2x that of the first third + 1 s (a queue that keeps
+   growing shows up there; medians, because a step on a slow machine has too few payments for
+   a stable p99 per third). The sustained rate is the highest passing rate.
+4. **80% of the sustained rate**: one more paced run, whose p50/p99 are reported.
+
+Every payment is an ordinary one (known account, supported currency, approved by the
+gateway); gateway callbacks travel through Kafka and the bridge in every mode (they are part of
+the saga); only the *start* path differs between the two modes. Outcomes are read and matched by
+the load generator in both modes (``bridge.loadgen``), latency = outcome read - ``created_at``.
+The load generator shares this process (and its GIL) with the worker and the bridge, in both
+modes alike: compare the ratio, not the absolute numbers, across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from temporalio.client import Client
+
+from bridge.devstack import open_dev_stack
+from bridge.loadgen import LoadConfig, Sender, run_load
+from bridge.loadmix import Mix, Planned
+from bridge.loadstats import Tracker, percentile
+from bridge.metrics import BridgeMetrics
+from bridge.processes import free_port
+from bridge.routing import build_routes
+from bridge.settings import Settings
+from bridge.temporal_calls import TemporalCalls
+
+log = logging.getLogger("benchmark")
+
+PLAIN = Mix.parse("none")  # ordinary payments only, all Avro: the same work in every mode
+
+
+# -- the Temporal-only sender ----------------------------------------------------------------
+
+
+class TemporalSender:
+    """Starts each payment's workflow with the bridge's own start call, ``limit`` at a time."""
+
+    def __init__(self, settings: Settings, client: Client, *, limit: int) -> None:
+        calls = TemporalCalls(
+            client,
+            task_queue=settings.temporal_task_queue,
+            metrics=BridgeMetrics(CollectorRegistry()),
+        )
+        self.route = build_routes(settings, calls, gateway_secret="unused")[settings.topic_payments]
+        self.slots = asyncio.Semaphore(limit)
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def send(self, planned: Planned) -> None:
+        await self.slots.acquire()
+        task = asyncio.create_task(self._start(planned))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _start(self, planned: Planned) -> None:
+        try:
+            await self.route.apply(planned.payment)
+        finally:
+            self.slots.release()
+
+    async def flush(self) -> None:
+        await asyncio.gather(*list(self.tasks))
+
+
+def temporal_sender(settings: Settings, client: Client) -> Any:
+    @contextlib.asynccontextmanager
+    async def open_sender() -> AsyncIterator[Sender]:
+        sender = TemporalSender(settings, client, limit=settings.max_inflight)
+        try:
+            yield sender
+        finally:
+            await sender.flush()
+
+    return open_sender
+
+
+# -- measuring -------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    label: str
+    rate: float | None  # offered rate (None: flat out)
+    report: dict[str, Any]
+    p50_first: float | None = None  # seconds, payments of the first third by send time
+    p50_last: float | None = None
+    passed: bool | None = None
+
+    @property
+    def throughput(self) -> float:
+        return float(self.report["throughput"]["completed_per_s"])
+
+    def line(self) -> str:
+        lat = self.report["latency"]
+        offered = "flat out" if self.rate is None else f"{self.rate:7.1f}/s"
+        verdict = {None: "", True: "  pass", False: "  FAIL"}[self.passed]
+        thirds = ""
+        if self.p50_first is not None and self.p50_last is not None:
+            first, last = self.p50_first * 1000, self.p50_last * 1000
+            thirds = f"  p50 first/last third {first:,.0f}/{last:,.0f} ms"
+        return (
+            f"{self.label:<22} offered {offered:>10}  sent {self.report['sent']:>5}  "
+            f"completed {self.throughput:6.1f}/s  missing {self.report['missing']}  "
+            f"dup {self.report['duplicates']['by_payment_id']}  "
+            f"p50 {lat['p50_ms']} ms  p99 {lat['p99_ms']} ms{thirds}{verdict}"
+        )
+
+
+def best_run(runs: list[Run]) -> Run:
+    return max(runs, key=lambda run: run.throughput)
+
+
+def thirds(tracker: Tracker) -> tuple[float | None, float | None]:
+    """p50 of the first and of the last third of the completed payments, by send time."""
+    pairs = sorted(
+        (tracker.sent[pid].created_at, tracker.arrived[pid] - tracker.sent[pid].created_at)
+        for pid in tracker.arrived
+    )
+    third = len(pairs) // 3
+    if third == 0:
+        return None, None
+    first = [lat for _, lat in pairs[:third]]
+    last = [lat for _, lat in pairs[-third:]]
+    return percentile(first, 50), percentile(last, 50)
+
+
+async def measure(
+    settings: Settings,
+    label: str,
+    config: LoadConfig,
+    *,
+    sender: Any = None,
+    p99_limit: float | None = None,
+) -> Run:
+    tracker = await run_load(settings, config, sender=sender)
+    run = Run(label, config.rate, tracker.report(config=config.describe()))
+    run.p50_first, run.p50_last = thirds(tracker)
+    if p99_limit is not None:
+        p99 = percentile(tracker.latencies, 99)
+        run.passed = bool(
+            tracker.ok
+            and p99 is not None
+            and p99 <= p99_limit
+            and run.p50_first is not None
+            and run.p50_last is not None
+            and run.p50_last <= 2 * run.p50_first + 1.0
+        )
+    print(run.line(), flush=True)
+    return run
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    settings = Settings(
+        KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
+        TEMPORAL_ADDRESS=f"127.0.0.1:{free_port()}",
+        PAYBRIDGE_METRICS_PORT=free_port(),
+    )
+    host = machine()
+    print(f"machine: {host['nproc']} CPUs, {host['cpu']}, load {host['load_average_at_start']}")
+    async with open_dev_stack(settings, data_dir=None) as stack:
+        direct = temporal_sender(settings, stack.client)
+        timeout = args.step_seconds * 4 + 60
+
+        def config(**kwargs: Any) -> LoadConfig:
+            return LoadConfig(mix=PLAIN, timeout=timeout, settle=0.5, **kwargs)
+
+        await measure(settings, "warm-up (bridge)", config(count=args.probe))
+        probe = await measure(settings, "probe (Temporal)", config(count=args.probe), sender=direct)
+        burst = max(args.probe, round(probe.throughput * args.ceiling_seconds))
+        # Interleaved pairs, best of each: other load on the machine drifts over minutes.
+        ceilings: list[Run] = []
+        flats: list[Run] = []
+        for n in range(1, args.pairs + 1):
+            ceilings.append(
+                await measure(settings, f"Temporal-only #{n}", config(count=burst), sender=direct)
+            )
+            flats.append(await measure(settings, f"bridge flat out #{n}", config(count=burst)))
+        ceiling = best_run(ceilings)
+        flat = best_run(flats)
+
+        steps: list[Run] = []
+        sustained: Run | None = None
+        factor, going_up = args.start_factor, True
+        while len(steps) < args.max_steps and 0.05 < factor <= 1.5:
+            rate = round(ceiling.throughput * factor, 1)
+            step = await measure(
+                settings,
+                f"step {factor:.0%} of ceiling",
+                config(duration=args.step_seconds, rate=rate),
+                p99_limit=args.p99_limit,
+            )
+            steps.append(step)
+            if step.passed:
+                sustained = step
+                if not going_up:
+                    break
+                factor += 0.1
+            else:
+                if sustained is not None:
+                    break
+                going_up = False
+                factor *= 0.7
+        at80: Run | None = None
+        if sustained is not None and sustained.rate is not None:
+            at80 = await measure(
+                settings,
+                "80% of sustained",
+                config(duration=args.step_seconds, rate=round(sustained.rate * 0.8, 1)),
+            )
+
+    result = {
+        "machine": host,
+        "mode": "quick" if args.quick else "full",
+        "temporal_only_ceiling_per_s": ceiling.throughput,
+        "temporal_only_runs_per_s": [run.throughput for run in ceilings],
+        "bridge_flat_out_runs_per_s": [run.throughput for run in flats],
+        "bridge_flat_out_per_s": flat.throughput,
+        "flat_out_ratio": round(flat.throughput / ceiling.throughput, 3),
+        "sustained_per_s": sustained.rate if sustained else None,
+        # The search stopped on its step budget with every step passing: a lower bound.
+        "sustained_is_lower_bound": bool(steps and steps[-1].passed and steps[-1] is sustained),
+        "sustained_ratio": (
+            round(sustained.rate / ceiling.throughput, 3) if sustained and sustained.rate else None
+        ),
+        "at_80_percent": (
+            {
+                "rate_per_s": at80.rate,
+                "p50_ms": at80.report["latency"]["p50_ms"],
+                "p99_ms": at80.report["latency"]["p99_ms"],
+                "missing": at80.report["missing"],
+            }
+            if at80
+            else None
+        ),
+        "runs": [
+            {
+                "label": run.label,
+                "rate": run.rate,
+                "passed": run.passed,
+                "p50_first_third_ms": None if run.p50_first is None else run.p50_first * 1000,
+                "p50_last_third_ms": None if run.p50_last is None else run.p50_last * 1000,
+                **{k: v for k, v in run.report.items() if k not in ("timeline", "config")},
+            }
+            for run in (probe, *ceilings, *flats, *steps, *([at80] if at80 else []))
+        ],
+    }
+    return result
+
+
+def summary(result: dict[str, Any]) -> str:
+    lines = [
+        "",
+        f"Temporal-only ceiling : {result['temporal_only_ceiling_per_s']:.1f} payments/s "
+        f"(best of {result['temporal_only_runs_per_s']})",
+        f"bridge flat out       : {result['bridge_flat_out_per_s']:.1f} payments/s "
+        f"(best of {result['bridge_flat_out_runs_per_s']}; ratio {result['flat_out_ratio']:.2f})",
+    ]
+    if result["sustained_per_s"] is None:
+        lines.append("sustained             : no step passed")
+    else:
+        at_least = ">= " if result["sustained_is_lower_bound"] else ""
+        lines.append(
+            f"sustained (bridge)    : {at_least}{result['sustained_per_s']:.1f} payments/s "
+            f"(ratio to ceiling {result['sustained_ratio']:.2f}, target >= 0.9)"
+        )
+    at80 = result["at_80_percent"]
+    if at80:
+        lines.append(
+            f"at 80% ({at80['rate_per_s']:.1f}/s)      : p50 {at80['p50_ms']} ms, "
+            f"p99 {at80['p99_ms']} ms, missing {at80['missing']}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="~2 minutes instead of ~8")
+    parser.add_argument("--ceiling-seconds", type=float, default=None)
+    parser.add_argument("--step-seconds", type=float, default=None)
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--pairs", type=int, default=None, help="ceiling/flat-out pairs")
+    parser.add_argument("--start-factor", type=float, default=None, help="first step / ceiling")
+    parser.add_argument("--probe", type=int, default=None, help="payments of warm-up and probe")
+    parser.add_argument("--p99-limit", type=float, default=10.0, help="seconds")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    args = parser.parse_args()
+    defaults = (
+        {
+            "ceiling_seconds": 8.0,
+            "step_seconds": 12.0,
+            "max_steps": 4,
+            "probe": 20,
+            "pairs": 2,
+            "start_factor": 0.7,
+        }
+        if args.quick
+        else {
+            "ceiling_seconds": 30.0,
+            "step_seconds": 45.0,
+            "max_steps": 8,
+            "probe": 60,
+            "pairs": 3,
+            "start_factor": 0.6,
+        }
+    )
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    started = time.monotonic()
+    result = asyncio.run(benchmark(args))
+    result["wall_seconds"] = round(time.monotonic() - started, 1)
+    print(summary(result))
+    print(f"(took {timedelta(seconds=round(result['wall_seconds']))})")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
