@@ -115,6 +115,7 @@ class DevStack:
     data_dir: Path
     client: Client
     metrics_port: int
+    sdk_metrics: bool = True
 
     def banner(self, *, persistent: bool) -> str:
         temporal_port = _port(self.settings.temporal_address)
@@ -129,8 +130,8 @@ class DevStack:
                 f"  Kafka bootstrap  {self.settings.kafka_bootstrap_servers}",
                 f"  Metrics          http://{HOST}:{self.metrics_port}/metrics",
                 f"  SDK metrics      http://{HOST}:{self.settings.sdk_metrics_port}/metrics"
-                if self.settings.sdk_metrics_port
-                else "  SDK metrics      off (PAYBRIDGE_SDK_METRICS_PORT=0)",
+                if self.sdk_metrics
+                else "  SDK metrics      off (PAYBRIDGE_SDK_METRICS_PORT is 0 or in use)",
                 f"  Data             {data}",
                 "",
                 "Produce a payment:  paybridge produce payment --account acct-0001 "
@@ -147,7 +148,6 @@ def _check_ports(settings: Settings) -> None:
         ("TEMPORAL_ADDRESS", temporal_port),
         ("TEMPORAL_ADDRESS (UI on its port + 1000)", temporal_port + 1000),
         ("PAYBRIDGE_METRICS_PORT", settings.metrics_port),
-        ("PAYBRIDGE_SDK_METRICS_PORT", settings.sdk_metrics_port),
     ):
         if port and port_in_use(HOST, port):
             raise ConfigError(setting, f"port {port} on {HOST} is already in use")
@@ -203,7 +203,12 @@ async def open_dev_stack(
         await producer.start()
         stack.push_async_callback(producer.stop)
         # The worker's own client carries the runtime that serves the Temporal SDK's metrics.
-        sdk_runtime = sdk_metrics_runtime(settings, host=HOST)
+        # Optional here: a busy port (another dev stack) turns them off instead of failing.
+        try:
+            sdk_runtime = sdk_metrics_runtime(settings, host=HOST)
+        except ConfigError as exc:
+            on_event(f"{exc}: the Temporal SDK's metrics are off")
+            sdk_runtime = None
         worker_client = await connect(settings, runtime=sdk_runtime) if sdk_runtime else client
         await stack.enter_async_context(
             open_worker(
@@ -240,7 +245,7 @@ async def open_dev_stack(
         if runner in done:
             assigned.cancel()
             runner.result()
-        yield DevStack(settings, root, client, metrics_server.port)
+        yield DevStack(settings, root, client, metrics_server.port, sdk_runtime is not None)
 
 
 async def run_dev(settings: Settings, *, data_dir: Path | None, say: Callable[[str], None]) -> None:
