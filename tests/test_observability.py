@@ -392,6 +392,8 @@ async def test_numbers_on_the_dashboards_match_the_run(run: Run) -> None:
         "(rate(paybridge_payment_end_to_end_seconds_bucket[1m])))"
     )
     assert 0 < float(p99[0]["value"][1]) < 60
+    # The SDK reports durations in seconds, as the worker dashboard's units say (not ms).
+    assert await query('temporal_workflow_task_execution_latency_bucket{le="0.001"}')
 
 
 # ---------------------------------------------------------------- alert rules
