@@ -123,9 +123,14 @@ def _guard(func: F) -> F:
     default=None,
     help="Keep Temporal, Kafka and ledger state here across restarts (default: temporary).",
 )
+@click.option(
+    "--no-simulator",
+    is_flag=True,
+    help="The simulated gateway accepts authorisation requests but sends no callbacks.",
+)
 @settings_options(CONNECTION_FLAGS, BRIDGE_FLAGS)
 @_guard
-def dev(data_dir: Path | None, **options: Any) -> None:
+def dev(data_dir: Path | None, no_simulator: bool, **options: Any) -> None:
     """Run the embedded stack: Temporal dev server, Kafka-protocol broker, worker and bridge.
 
     Everything binds to 127.0.0.1 on the ports of KAFKA_BOOTSTRAP_SERVERS (9092),
@@ -135,7 +140,14 @@ def dev(data_dir: Path | None, **options: Any) -> None:
     from bridge.devstack import run_dev
 
     settings = settings_from(options)
-    run_async(run_dev(settings, data_dir=data_dir, say=lambda line: click.echo(line)))
+    run_async(
+        run_dev(
+            settings,
+            data_dir=data_dir,
+            say=lambda line: click.echo(line),
+            simulator=not no_simulator,
+        )
+    )
 
 
 @main.command("bridge")

@@ -28,6 +28,7 @@ from bridge.processes import ServerProcess, find_binary, port_in_use
 from bridge.service import open_bridge
 from bridge.settings import Settings
 from bridge.temporal import connect, sdk_metrics_runtime
+from workflows.gateway import simulated_gateway
 from workflows.ledger import Ledger
 from workflows.worker import open_worker
 
@@ -161,7 +162,11 @@ def _prepare(data_dir: Path) -> Path:
 
 @contextlib.asynccontextmanager
 async def open_dev_stack(
-    settings: Settings, *, data_dir: Path | None, on_event: Callable[[str], None] = log.info
+    settings: Settings,
+    *,
+    data_dir: Path | None,
+    on_event: Callable[[str], None] = log.info,
+    simulator: bool = True,
 ) -> AsyncIterator[DevStack]:
     """Servers up, topics created, worker and bridge running; everything stopped on exit."""
     _check_ports(settings)
@@ -202,6 +207,15 @@ async def open_dev_stack(
         producer = idempotent_producer(settings)
         await producer.start()
         stack.push_async_callback(producer.stop)
+        secret = (
+            settings.gateway_secret.get_secret_value()
+            if settings.gateway_secret
+            else DEV_GATEWAY_SECRET
+        )
+        # --no-simulator: the gateway still accepts requests, but callbacks come only from
+        # producers of the callbacks topic.
+        gateway = simulated_gateway(settings, producer, secret=secret, callbacks=simulator)
+        stack.push_async_callback(gateway.close)
         # The worker's own client carries the runtime that serves the Temporal SDK's metrics.
         # Optional here: a busy port (another dev stack) turns them off instead of failing.
         try:
@@ -218,6 +232,7 @@ async def open_dev_stack(
                 producer=producer,
                 outcomes_topic=settings.topic_outcomes,
                 metrics=WorkerMetrics(registry),
+                gateway=gateway,
             )
         )
         bridge = await stack.enter_async_context(
@@ -226,11 +241,7 @@ async def open_dev_stack(
                 client,
                 registry=registry,
                 server=metrics_server,
-                gateway_secret=(
-                    settings.gateway_secret.get_secret_value()
-                    if settings.gateway_secret
-                    else DEV_GATEWAY_SECRET
-                ),
+                gateway_secret=secret,
             )
         )
         runner = asyncio.create_task(bridge.run(), name="paybridge-bridge")
@@ -248,14 +259,22 @@ async def open_dev_stack(
         yield DevStack(settings, root, client, metrics_server.port, sdk_runtime is not None)
 
 
-async def run_dev(settings: Settings, *, data_dir: Path | None, say: Callable[[str], None]) -> None:
+async def run_dev(
+    settings: Settings,
+    *,
+    data_dir: Path | None,
+    say: Callable[[str], None],
+    simulator: bool = True,
+) -> None:
     """Run the dev stack until SIGINT or SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with open_dev_stack(settings, data_dir=data_dir, on_event=say) as stack:
+        async with open_dev_stack(
+            settings, data_dir=data_dir, on_event=say, simulator=simulator
+        ) as stack:
             say(stack.banner(persistent=data_dir is not None))
             say("ready")
             await stop.wait()

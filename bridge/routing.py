@@ -24,7 +24,7 @@ from bridge.events import (
 )
 from bridge.settings import Settings
 from bridge.temporal_calls import Backoff, TemporalCalls
-from workflows.shared import CancelSignal, GatewayCallbackSignal, PaymentWorkflowInput
+from workflows.shared import CancelSignal, GatewayCallbackSignal, payment_input
 
 Handler = Callable[[Any], Awaitable[str]]
 
@@ -87,7 +87,7 @@ def build_routes(
     orphans = Orphans(calls, timeout=settings.orphan_timeout.total_seconds())
 
     async def start_payment(event: PaymentCreated) -> str:
-        return await calls.start_payment(event, workflow_input=PaymentWorkflowInput(payment=event))
+        return await calls.start_payment(event, workflow_input=payment_input(settings, event))
 
     async def callback(event: GatewayCallback) -> str:
         return await orphans.signal(

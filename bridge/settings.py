@@ -95,6 +95,14 @@ class Settings(BaseSettings):
     stale_retry_delay: Duration = Field(timedelta(minutes=30), alias="PAYBRIDGE_STALE_RETRY_DELAY")
     orphan_timeout: Duration = Field(timedelta(minutes=10), alias="PAYBRIDGE_ORPHAN_TIMEOUT")
 
+    # simulated gateway (`paybridge dev`): relative weights of its verdicts, and its latency
+    sim_approve: float = Field(1.0, alias="PAYBRIDGE_SIM_APPROVE", ge=0)
+    sim_decline: float = Field(0.0, alias="PAYBRIDGE_SIM_DECLINE", ge=0)
+    sim_error: float = Field(0.0, alias="PAYBRIDGE_SIM_ERROR", ge=0)
+    sim_never_answer: float = Field(0.0, alias="PAYBRIDGE_SIM_NEVER_ANSWER", ge=0)
+    sim_transient_errors: float = Field(0.0, alias="PAYBRIDGE_SIM_TRANSIENT_ERRORS", ge=0, lt=1)
+    sim_latency: Duration = Field(timedelta(milliseconds=200), alias="PAYBRIDGE_SIM_LATENCY")
+
     # topics
     topic_payments: str = Field("payments.created", alias="PAYBRIDGE_TOPIC_PAYMENTS", min_length=1)
     topic_callbacks: str = Field(

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -13,11 +14,21 @@ from typing import Any
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry
-from temporalio.client import Client
+from temporalio import activity
+from temporalio.activity import _Definition as _ActivityDefinition
+from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError
+from temporalio.worker import Worker
 
 from bridge.codec import Codec
 from bridge.consumer import Bridge
-from bridge.events import PaymentCreated, PaymentMethod, PaymentOutcome
+from bridge.events import (
+    GatewayCallback,
+    PaymentCreated,
+    PaymentMethod,
+    PaymentOutcome,
+    payment_workflow_id,
+)
 from bridge.kafka import consumer as kafka_consumer
 from bridge.kafka import idempotent_producer
 from bridge.metrics import WorkerMetrics
@@ -26,7 +37,14 @@ from bridge.settings import Settings
 from workflows.gateway import GatewayBehaviour, KafkaCallbackEmitter, SimulatedGateway
 from workflows.ledger import Ledger
 from workflows.notifications import NotificationSink
-from workflows.worker import open_worker
+from workflows.shared import (
+    GatewayCallbackSignal,
+    PaymentPhase,
+    PaymentState,
+    PaymentWorkflowInput,
+    PublishOutcomeInput,
+)
+from workflows.worker import WORKFLOWS, activities, fraud_worker, open_worker
 
 GATEWAY_SECRET = "test-secret"
 
@@ -171,3 +189,119 @@ async def running_bridge(
 def metric(registry: CollectorRegistry, name: str, **labels: str) -> float:
     value = registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
+
+
+# -- workflows on the time-skipping server ---------------------------------------------------
+
+
+class SignalEmitter:
+    """Delivers the simulated gateway's callbacks straight to the workflow as signals: the
+    stand-in for Kafka and the bridge in time-skipping tests (the real path is covered by
+    the end-to-end tests)."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    async def emit(self, callback: GatewayCallback) -> None:
+        handle = self.client.get_workflow_handle(payment_workflow_id(callback.payment_id))
+        await handle.signal("gateway_callback", GatewayCallbackSignal(callback=callback))
+
+
+@dataclass
+class Harness:
+    """A worker of the real workflows and activities on the time-skipping server; only
+    ``publish_outcome`` (Kafka) is replaced, by a fake that records the outcomes."""
+
+    client: Client
+    task_queue: str
+    ledger: Ledger
+    gateway: SimulatedGateway
+    notifications: NotificationSink
+    outcomes: list[PaymentOutcome]
+
+    async def start(self, payment: PaymentCreated, **timers: Any) -> WorkflowHandle[Any, Any]:
+        return await self.client.start_workflow(
+            "PaymentWorkflow",
+            PaymentWorkflowInput(payment=payment, **timers),
+            id=payment_workflow_id(payment.payment_id),
+            task_queue=self.task_queue,
+            result_type=PaymentOutcome,
+        )
+
+    async def run(self, payment: PaymentCreated, **timers: Any) -> PaymentOutcome:
+        handle = await self.start(payment, **timers)
+        outcome: PaymentOutcome = await handle.result()
+        return outcome
+
+    async def state(self, payment: PaymentCreated) -> PaymentState:
+        handle = self.client.get_workflow_handle(payment_workflow_id(payment.payment_id))
+        state: PaymentState = await handle.query("status", result_type=PaymentState)
+        return state
+
+    async def wait_for(
+        self, payment: PaymentCreated, phase: PaymentPhase, *, step: str | None = None
+    ) -> PaymentState:
+        """Poll the ``status`` query until the payment is in ``phase`` (and took ``step``)."""
+        for _ in range(300):
+            try:
+                state = await self.state(payment)
+            except RPCError:
+                state = None
+            if (
+                state is not None
+                and state.status == phase
+                and (step is None or any(s.name == step for s in state.steps))
+            ):
+                return state
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{payment.payment_id} never reached {phase} ({state})")
+
+
+def activity_name(fn: Callable[..., Any]) -> str:
+    defn = _ActivityDefinition.from_callable(fn)
+    assert defn is not None and defn.name is not None
+    return defn.name
+
+
+@contextlib.asynccontextmanager
+async def time_skipping_worker(
+    client: Client,
+    ledger: Ledger,
+    *,
+    gateway: GatewayBehaviour | None = None,
+    fakes: Sequence[Callable[..., Any]] = (),
+    task_queue: str | None = None,
+) -> AsyncIterator[Harness]:
+    """The workflows on a fresh task queue; ``fakes`` replace real activities of the same
+    name. The default gateway approves at once (a callback sent before the request returns,
+    so no real time passes while the server skips time)."""
+    outcomes: list[PaymentOutcome] = []
+
+    @activity.defn(name="publish_outcome")
+    async def publish_outcome(input: PublishOutcomeInput) -> None:
+        outcomes.append(input.outcome)
+
+    notifications = NotificationSink()
+    simulator = SimulatedGateway(
+        gateway or GatewayBehaviour(latency=0), emitter=SignalEmitter(client), secret=GATEWAY_SECRET
+    )
+    replaced = {activity_name(fake) for fake in [publish_outcome, *fakes]}
+    real = activities(ledger=ledger, gateway=simulator, notifications=notifications, outcomes=None)
+    task_queue = task_queue or f"ts-{uuid.uuid4().hex[:10]}"
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as executor:
+        async with (
+            Worker(
+                client,
+                task_queue=task_queue,
+                workflows=WORKFLOWS,
+                activities=[
+                    *(fn for fn in real if activity_name(fn) not in replaced),
+                    publish_outcome,
+                    *fakes,
+                ],
+                activity_executor=executor,
+            ),
+            fraud_worker(client, task_queue=task_queue, executor=executor),
+        ):
+            yield Harness(client, task_queue, ledger, simulator, notifications, outcomes)
+    await simulator.close()

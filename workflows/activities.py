@@ -1,25 +1,44 @@
 """Activities: everything the payment workflows do outside themselves (ledger, Kafka, ...).
 
 Activities are methods of classes with injected clients, so a test can build them with fakes
-or real clients and the worker wires the real ones.
+or real clients and the worker wires the real ones. Business failures raise a non-retryable
+``ApplicationError`` whose ``type`` the workflow branches on; anything else is retried.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 from aiokafka import AIOKafkaProducer
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from bridge.codec import Codec
-from bridge.events import PaymentOutcome
+from bridge.events import OutcomeStatus, PaymentOutcome
 from bridge.metrics import WorkerMetrics
+from workflows.gateway import GatewayDeclined, GatewayUnavailable, SimulatedGateway
 from workflows.ledger import Ledger
+from workflows.notifications import Notification, NotificationSink
 from workflows.shared import (
+    GATEWAY_DECLINED,
+    GATEWAY_STATUS_UNKNOWN,
     SUPPORTED_CURRENCIES,
+    SUPPORTED_METHODS,
+    Authorization,
+    AuthorizeInput,
+    CreditBackInput,
+    DebitInput,
+    DebitResult,
+    FraudCheckInput,
+    FraudScore,
+    GatewayStatus,
+    GatewayStatusInput,
+    NotifyInput,
     PublishOutcomeInput,
     ValidatePaymentInput,
     ValidationVerdict,
+    VoidInput,
 )
 
 
@@ -36,9 +55,98 @@ class LedgerActivities:
             return ValidationVerdict(ok=False, reason="non-positive amount")
         if payment.currency not in SUPPORTED_CURRENCIES:
             return ValidationVerdict(ok=False, reason=f"unsupported currency {payment.currency}")
+        if payment.method not in SUPPORTED_METHODS:
+            return ValidationVerdict(ok=False, reason=f"unsupported method {payment.method}")
         if not self.ledger.account_exists(payment.account_id):
             return ValidationVerdict(ok=False, reason=f"unknown account {payment.account_id}")
         return ValidationVerdict(ok=True)
+
+    @activity.defn(name="debit_account")
+    def debit_account(self, input: DebitInput) -> DebitResult:
+        verdict = self.ledger.debit(
+            input.payment_id, input.account_id, input.currency, input.amount_minor
+        )
+        if verdict in ("debited", "already_debited"):
+            return DebitResult(ok=True)
+        if verdict == "insufficient_funds":
+            return DebitResult(ok=False, reason="insufficient funds")
+        return DebitResult(ok=False, reason=f"no {input.currency} balance on {input.account_id}")
+
+    @activity.defn(name="credit_back")
+    def credit_back(self, input: CreditBackInput) -> None:
+        verdict = self.ledger.credit_back(input.payment_id)
+        activity.logger.info("credit back of %s: %s", input.payment_id, verdict)
+
+
+class GatewayActivities:
+    """Authorisation requests to the (simulated) payment gateway."""
+
+    def __init__(self, gateway: SimulatedGateway) -> None:
+        self.gateway = gateway
+
+    @activity.defn(name="authorize_payment")
+    async def authorize_payment(self, input: AuthorizeInput) -> Authorization:
+        try:
+            ref = await self.gateway.authorize(input.payment, attempt=activity.info().attempt)
+        except GatewayDeclined as exc:
+            raise ApplicationError(str(exc), type=GATEWAY_DECLINED, non_retryable=True) from exc
+        except GatewayUnavailable as exc:
+            raise ApplicationError(str(exc), type="GatewayUnavailable") from exc
+        return Authorization(gateway_ref=ref)
+
+    @activity.defn(name="void_authorization")
+    def void_authorization(self, input: VoidInput) -> None:
+        voided = self.gateway.void(input.payment_id)
+        activity.logger.info("void of %s: %s", input.payment_id, voided)
+
+    @activity.defn(name="query_gateway_status")
+    def query_gateway_status(self, input: GatewayStatusInput) -> GatewayStatus:
+        status = self.gateway.status(input.payment_id)
+        if status is None:
+            # Retryable on purpose: the workflow's retry policy decides how often to ask.
+            raise ApplicationError(
+                f"gateway does not know the status of {input.payment_id}",
+                type=GATEWAY_STATUS_UNKNOWN,
+            )
+        return GatewayStatus(status=status)
+
+
+class FraudActivities:
+    """The simulated fraud scoring service."""
+
+    @activity.defn(name="score_fraud")
+    def score_fraud(self, input: FraudCheckInput) -> FraudScore:
+        payment = input.payment
+        if payment.metadata.get("fraud", "").lower() in ("1", "true", "yes"):
+            return FraudScore(score=99)
+        # A stable low score: the same payment always scores the same.
+        digest = hashlib.sha256(payment.payment_id.encode()).digest()
+        return FraudScore(score=digest[0] % 40)
+
+
+class NotificationActivities:
+    """Tells the customer how their payment ended."""
+
+    def __init__(self, sink: NotificationSink) -> None:
+        self.sink = sink
+
+    @activity.defn(name="notify_customer")
+    def notify_customer(self, input: NotifyInput) -> None:
+        amount = f"{input.amount_minor} {input.currency} (minor units)"
+        if input.status == OutcomeStatus.SUCCEEDED:
+            text = f"Your payment {input.payment_id} of {amount} went through."
+        else:
+            why = f": {input.reason}" if input.reason else ""
+            text = f"Your payment {input.payment_id} of {amount} {input.status.lower()}{why}."
+        self.sink.send(
+            Notification(
+                channel="email",
+                to=f"{input.account_id}@customers.example",
+                payment_id=input.payment_id,
+                status=input.status.value,
+                text=text,
+            )
+        )
 
 
 class OutcomeActivities:

@@ -7,10 +7,13 @@ activity never moves money twice.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 DEMO_ACCOUNTS = tuple(f"acct-{n:04d}" for n in range(1, 1001))
 DEMO_CURRENCIES = ("EUR", "USD", "GBP")
@@ -33,6 +36,26 @@ CREATE TABLE IF NOT EXISTS movements (
 """
 
 
+DebitVerdict = Literal["debited", "already_debited", "insufficient_funds", "no_such_balance"]
+CreditVerdict = Literal["credited", "already_credited", "nothing_to_credit"]
+
+
+def debit_key(payment_id: str) -> str:
+    return f"debit:{payment_id}"
+
+
+def credit_back_key(payment_id: str) -> str:
+    return f"credit-back:{payment_id}"
+
+
+@dataclass(frozen=True)
+class Movement:
+    idempotency_key: str
+    account_id: str
+    currency: str
+    delta_minor: int
+
+
 class Ledger:
     """A small, thread-safe SQLite ledger; one instance per worker process."""
 
@@ -44,6 +67,7 @@ class Ledger:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
@@ -83,3 +107,83 @@ class Ledger:
                 "SELECT delta_minor FROM movements WHERE idempotency_key = ?", (idempotency_key,)
             ).fetchone()
         return None if row is None else int(row[0])
+
+    def debit(
+        self, payment_id: str, account_id: str, currency: str, amount_minor: int
+    ) -> DebitVerdict:
+        """Take ``amount_minor`` from the account once per payment; never below zero."""
+        if amount_minor <= 0:
+            raise ValueError("a debit moves a positive amount")
+        key = debit_key(payment_id)
+        with self._lock, self._transaction():
+            if self._movement(key) is not None:
+                return "already_debited"
+            row = self._db.execute(
+                "SELECT balance_minor FROM accounts WHERE account_id = ? AND currency = ?",
+                (account_id, currency),
+            ).fetchone()
+            if row is None:
+                return "no_such_balance"
+            if int(row[0]) < amount_minor:
+                return "insufficient_funds"
+            self._db.execute(
+                "UPDATE accounts SET balance_minor = balance_minor - ? "
+                "WHERE account_id = ? AND currency = ?",
+                (amount_minor, account_id, currency),
+            )
+            self._record(key, account_id, currency, -amount_minor)
+            return "debited"
+
+    def credit_back(self, payment_id: str) -> CreditVerdict:
+        """Give back what ``payment_id``'s debit took, at most once (the debit's compensation)."""
+        key = credit_back_key(payment_id)
+        with self._lock, self._transaction():
+            if self._movement(key) is not None:
+                return "already_credited"
+            debit = self._movement(debit_key(payment_id))
+            if debit is None:
+                return "nothing_to_credit"
+            self._db.execute(
+                "UPDATE accounts SET balance_minor = balance_minor + ? "
+                "WHERE account_id = ? AND currency = ?",
+                (-debit.delta_minor, debit.account_id, debit.currency),
+            )
+            self._record(key, debit.account_id, debit.currency, -debit.delta_minor)
+            return "credited"
+
+    def movements(self, payment_id: str) -> list[Movement]:
+        """Every movement recorded for ``payment_id`` (debit first)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT idempotency_key, account_id, currency, delta_minor FROM movements "
+                "WHERE idempotency_key IN (?, ?) ORDER BY rowid",
+                (debit_key(payment_id), credit_back_key(payment_id)),
+            ).fetchall()
+        return [Movement(str(k), str(a), str(c), int(d)) for k, a, c, d in rows]
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        # BEGIN IMMEDIATE takes the write lock up front, so two processes sharing the file
+        # cannot both see "not debited yet" and both debit.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _movement(self, key: str) -> Movement | None:
+        row = self._db.execute(
+            "SELECT idempotency_key, account_id, currency, delta_minor FROM movements "
+            "WHERE idempotency_key = ?",
+            (key,),
+        ).fetchone()
+        return None if row is None else Movement(str(row[0]), str(row[1]), str(row[2]), int(row[3]))
+
+    def _record(self, key: str, account_id: str, currency: str, delta_minor: int) -> None:
+        self._db.execute(
+            "INSERT INTO movements (idempotency_key, account_id, currency, delta_minor) "
+            "VALUES (?, ?, ?, ?)",
+            (key, account_id, currency, delta_minor),
+        )

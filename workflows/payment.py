@@ -1,27 +1,69 @@
 """``PaymentWorkflow``: one execution per payment, id ``payment-{payment_id}``.
 
-This slice validates the payment and publishes its outcome; the saga steps (debit, fraud check,
-gateway, callback, compensation, notification, escalation) are added in front of the publish.
+The saga: validate -> debit the ledger -> fraud check (child workflow) alongside the gateway's
+authorisation request -> wait for the gateway callback, racing ``PAYBRIDGE_CALLBACK_TIMEOUT``
+-> on a gateway error, ask the gateway again, then after ``PAYBRIDGE_STALE_RETRY_DELAY``, then
+hand the payment to an operator (manual review, ``resolve`` signal). A ``cancel`` signal ends
+it at any step before success. Whatever did not succeed is compensated in reverse order
+(void the authorisation, credit back the debit); the customer is notified and exactly one
+``PaymentOutcome`` is published.
+
+Versioning: the saga replaced the foundation slice (validate -> publish) behind the patch
+``SAGA_PATCH``; executions recorded by the slice replay through ``_run_slice`` (see
+tests/histories/ and tests/test_workflow_replay.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
-    from bridge.events import OutcomeStatus, PaymentOutcome, outcome_event_id
+    from bridge.events import (
+        CallbackStatus,
+        GatewayCallback,
+        OutcomeStatus,
+        PaymentOutcome,
+        outcome_event_id,
+    )
+    from workflows.fraud import fraud_task_queue, fraud_workflow_id
     from workflows.shared import (
+        DEFAULT_CALLBACK_TIMEOUT,
+        DEFAULT_STALE_RETRY_DELAY,
+        GATEWAY_DECLINED,
+        Authorization,
+        AuthorizeInput,
+        CancelSignal,
+        CreditBackInput,
+        DebitInput,
+        DebitResult,
+        FraudCheckInput,
+        FraudVerdict,
+        GatewayCallbackSignal,
+        GatewayStatus,
+        GatewayStatusInput,
+        NotifyInput,
         PaymentPhase,
         PaymentState,
         PaymentWorkflowInput,
         PublishOutcomeInput,
+        ResolveSignal,
         Step,
         ValidatePaymentInput,
         ValidationVerdict,
+        VoidInput,
     )
+
+SAGA_PATCH = "payment-saga-v2"
+
+PAYMENT_STATUS = SearchAttributeKey.for_keyword("PaymentStatus")
+MERCHANT_ID = SearchAttributeKey.for_keyword("MerchantId")
 
 LEDGER_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200),
@@ -34,6 +76,34 @@ PUBLISH_RETRY = RetryPolicy(
     backoff_coefficient=2.0,
     maximum_interval=timedelta(minutes=1),
 )
+# Transient gateway errors back off exponentially; a decline is final.
+GATEWAY_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=6,
+    non_retryable_error_types=[GATEWAY_DECLINED],
+)
+# "Status unknown" is asked about this many times before the payment is considered stale.
+STATUS_QUERY_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=5),
+    backoff_coefficient=2.0,
+    maximum_attempts=3,
+)
+# Compensations must happen: retried until they succeed.
+COMPENSATION_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=500),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=1),
+)
+NOTIFY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=5)
+
+Ending = tuple[OutcomeStatus, str | None]
+_TICK = timedelta(milliseconds=1)
+
+
+class _Cancelled(Exception):
+    """Raised inside the saga when a cancel signal wins a race."""
 
 
 @workflow.defn(name="PaymentWorkflow")
@@ -41,29 +111,320 @@ class PaymentWorkflow:
     @workflow.init
     def __init__(self, input: PaymentWorkflowInput) -> None:
         self._payment = input.payment
+        self._callback_timeout = input.callback_timeout or DEFAULT_CALLBACK_TIMEOUT
+        self._stale_retry_delay = input.stale_retry_delay or DEFAULT_STALE_RETRY_DELAY
         self._state = PaymentState(payment_id=input.payment.payment_id, status=PaymentPhase.PENDING)
+        self._saga = False
+        self._seen_events: set[str] = set()
+        self._callbacks: list[GatewayCallback] = []
+        self._handled_callbacks = 0
+        self._cancel: CancelSignal | None = None
+        self._cancel_at = 0  # callbacks received before the cancel
+        self._resolve: ResolveSignal | None = None
+        self._succeeded = False
+        self._compensations: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
 
     @workflow.run
     async def run(self, input: PaymentWorkflowInput) -> PaymentOutcome:
-        self._enter(PaymentPhase.PROCESSING, "received")
-        verdict: ValidationVerdict = await workflow.execute_activity(
-            "validate_payment",
-            ValidatePaymentInput(payment=self._payment),
-            result_type=ValidationVerdict,
-            start_to_close_timeout=timedelta(seconds=10),
-            retry_policy=LEDGER_RETRY,
-        )
-        if not verdict.ok:
-            return await self._finish(OutcomeStatus.REJECTED, verdict.reason)
-        return await self._finish(OutcomeStatus.SUCCEEDED, None)
+        if not workflow.patched(SAGA_PATCH):
+            return await self._run_slice()
+        self._saga = True
+        workflow.upsert_search_attributes([MERCHANT_ID.value_set(self._payment.merchant_id)])
+        try:
+            status, reason = await self._process()
+        except _Cancelled:
+            assert self._cancel is not None
+            status, reason = OutcomeStatus.CANCELLED, self._cancel.reason
+        if status != OutcomeStatus.SUCCEEDED:
+            await self._compensate()
+        await self._notify(status, reason)
+        return await self._finish(status, reason)
+
+    # -- signals and query ---------------------------------------------------------------
+
+    @workflow.signal(name="gateway_callback")
+    def gateway_callback(self, signal: GatewayCallbackSignal) -> None:
+        callback = signal.callback
+        if not self._first_time(callback.event_id):
+            return
+        if callback.payment_id != self._payment.payment_id:
+            self._step("callback ignored", f"it is for payment {callback.payment_id}")
+            return
+        self._callbacks.append(callback)
+        self._step("gateway callback", f"{callback.status.value} ({callback.gateway_ref})")
+
+    @workflow.signal(name="cancel")
+    def cancel(self, signal: CancelSignal) -> None:
+        if not self._first_time(signal.event_id):
+            return
+        if self._succeeded or self._terminal():
+            self._step("cancel ignored", f"payment already {self._state.status.value}")
+        elif self._cancel is None:
+            self._cancel = signal
+            self._cancel_at = len(self._callbacks)
+            self._step("cancel requested", f"in {self._state.status.value}: {signal.reason}")
+
+    @workflow.signal(name="resolve")
+    def resolve(self, signal: ResolveSignal) -> None:
+        if not self._first_time(signal.event_id):
+            return
+        if self._state.status != PaymentPhase.MANUAL_REVIEW or self._resolve is not None:
+            self._step("resolve ignored", f"payment is {self._state.status.value}")
+            return
+        self._resolve = signal
+        verdict = "approved" if signal.approve else "declined"
+        self._step("resolved", f"{verdict} by {signal.operator or 'an operator'}")
 
     @workflow.query(name="status")
     def status(self) -> PaymentState:
         return self._state
 
-    def _enter(self, phase: PaymentPhase, step: str, detail: str | None = None) -> None:
-        self._state.status = phase
-        self._state.steps.append(Step(name=step, at=workflow.now(), detail=detail))
+    # -- the saga --------------------------------------------------------------------------
+
+    async def _process(self) -> Ending:
+        self._check_cancel()
+        self._enter(PaymentPhase.PROCESSING, "received")
+        verdict = await self._validate()
+        if not verdict.ok:
+            return OutcomeStatus.REJECTED, verdict.reason
+        self._check_cancel()
+        payment = self._payment
+        debited: DebitResult = await self._call(
+            "debit_account",
+            DebitInput(
+                payment_id=payment.payment_id,
+                account_id=payment.account_id,
+                currency=payment.currency,
+                amount_minor=payment.amount_minor,
+            ),
+            result_type=DebitResult,
+            start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=LEDGER_RETRY,
+        )
+        if not debited.ok:
+            return OutcomeStatus.REJECTED, debited.reason
+        self._compensate_with(
+            "credit back",
+            "credit_back",
+            CreditBackInput(payment_id=payment.payment_id),
+            remote=False,
+        )
+        self._step("debited", f"{payment.amount_minor} {payment.currency}")
+        self._check_cancel()
+        failed = await self._authorize_and_check_fraud()
+        if failed is not None:
+            return failed
+        self._enter(PaymentPhase.AWAITING_CALLBACK, "awaiting gateway callback")
+        return await self._await_gateway()
+
+    async def _authorize_and_check_fraud(self) -> Ending | None:
+        payment = self._payment
+        fraud = asyncio.create_task(
+            workflow.execute_child_workflow(
+                "FraudCheckWorkflow",
+                FraudCheckInput(payment=payment),
+                id=fraud_workflow_id(payment.payment_id),
+                task_queue=fraud_task_queue(workflow.info().task_queue),
+                result_type=FraudVerdict,
+                execution_timeout=timedelta(minutes=10),
+            )
+        )
+        # Registered before the request: a cancel while it is in flight must void whatever
+        # the gateway may already have authorised (voiding nothing is a no-op).
+        self._compensate_with(
+            "void authorization",
+            "void_authorization",
+            VoidInput(payment_id=payment.payment_id),
+            remote=True,
+        )
+        authorize = asyncio.create_task(
+            workflow.execute_activity(
+                "authorize_payment",
+                AuthorizeInput(payment=payment),
+                result_type=Authorization,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=GATEWAY_RETRY,
+            )
+        )
+        cancelled = asyncio.create_task(workflow.wait_condition(lambda: self._cancel is not None))
+        pending: list[asyncio.Task[Any]] = [fraud, authorize]
+        try:
+            while pending:
+                await workflow.wait([*pending, cancelled], return_when=asyncio.FIRST_COMPLETED)
+                self._check_cancel()
+                if fraud.done() and fraud in pending:
+                    pending.remove(fraud)
+                    ended = self._fraud_result(fraud)
+                    if ended is not None:
+                        return ended
+                if authorize.done() and authorize in pending:
+                    pending.remove(authorize)
+                    ended = self._authorize_result(authorize)
+                    if ended is not None:
+                        return ended
+            return None
+        finally:
+            for task in (fraud, authorize, cancelled):
+                if not task.done():
+                    task.cancel()
+
+    def _fraud_result(self, task: asyncio.Task[FraudVerdict]) -> Ending | None:
+        try:
+            verdict = task.result()
+        except ChildWorkflowError as exc:
+            self._step("fraud check failed", str(exc.cause or exc))
+            return OutcomeStatus.FAILED, "fraud check unavailable"
+        self._step(
+            "fraud check", f"score {verdict.score}: {'passed' if verdict.passed else 'failed'}"
+        )
+        return None if verdict.passed else (OutcomeStatus.FAILED, "fraud")
+
+    def _authorize_result(self, task: asyncio.Task[Authorization]) -> Ending | None:
+        try:
+            authorization = task.result()
+        except ActivityError as exc:
+            cause = exc.cause
+            if isinstance(cause, ApplicationError) and cause.type == GATEWAY_DECLINED:
+                self._step("authorization declined", cause.message)
+                return OutcomeStatus.FAILED, f"declined: {cause.message}"
+            self._step("authorization failed", str(cause or exc))
+            return OutcomeStatus.FAILED, "gateway unavailable"
+        self._state.gateway_ref = authorization.gateway_ref
+        self._step("authorization requested", authorization.gateway_ref)
+        return None
+
+    async def _await_gateway(self) -> Ending:
+        try:
+            await workflow.wait_condition(
+                lambda: self._cancel is not None or self._has_callback(),
+                timeout=self._callback_timeout,
+            )
+        except TimeoutError:
+            return OutcomeStatus.TIMED_OUT, f"no gateway callback within {self._callback_timeout}"
+        self._check_cancel(callbacks_first=True)
+        callback = self._next_callback()
+        if callback.status != CallbackStatus.ERROR:
+            return self._verdict(callback.status, callback.reason)
+        return await self._escalate(callback.reason)
+
+    async def _escalate(self, error: str | None) -> Ending:
+        """The gateway answered ERROR: its status is unknown. Ask, wait, ask, then a human."""
+        status = await self._ask_gateway()
+        if status is not None:
+            return self._verdict(status.status, status.reason)
+        self._step("stale", f"gateway status unknown; asking again in {self._stale_retry_delay}")
+        definitive = await self._wait_for_definitive_callback(timeout=self._stale_retry_delay)
+        if definitive is not None:
+            return definitive
+        status = await self._ask_gateway()
+        if status is not None:
+            return self._verdict(status.status, status.reason)
+        self._enter(PaymentPhase.MANUAL_REVIEW, "manual review", error)
+        definitive = await self._wait_for_definitive_callback(timeout=None)
+        if definitive is not None:
+            return definitive
+        assert self._resolve is not None
+        if self._resolve.approve:
+            self._succeeded = True
+            return OutcomeStatus.SUCCEEDED, None
+        return OutcomeStatus.FAILED, "declined in manual review"
+
+    async def _wait_for_definitive_callback(self, *, timeout: timedelta | None) -> Ending | None:
+        """Wait for a callback other than ERROR, an operator's verdict, a cancel, or the time."""
+        deadline = None if timeout is None else workflow.now() + timeout
+        while True:
+            try:
+                await workflow.wait_condition(
+                    lambda: (
+                        self._cancel is not None
+                        or self._resolve is not None
+                        or self._has_callback()
+                    ),
+                    timeout=None if deadline is None else max(deadline - workflow.now(), _TICK),
+                )
+            except TimeoutError:
+                return None
+            self._check_cancel(callbacks_first=True)
+            if self._resolve is not None and not self._has_callback():
+                return None
+            callback = self._next_callback()
+            if callback.status != CallbackStatus.ERROR:
+                return self._verdict(callback.status, callback.reason)
+
+    async def _ask_gateway(self) -> GatewayStatus | None:
+        try:
+            # The gateway is a remote service: an ordinary activity, retried by the server.
+            status: GatewayStatus = await workflow.execute_activity(
+                "query_gateway_status",
+                GatewayStatusInput(payment_id=self._payment.payment_id),
+                result_type=GatewayStatus,
+                start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=STATUS_QUERY_RETRY,
+            )
+        except ActivityError as exc:
+            self._step("gateway status unknown", str(exc.cause or exc))
+            return None
+        self._check_cancel()
+        return status if status.status is not None else None
+
+    def _verdict(self, status: CallbackStatus | None, reason: str | None) -> Ending:
+        if status == CallbackStatus.AUTHORIZED:
+            self._succeeded = True
+            if self._cancel is not None:
+                self._step("cancel ignored", "the authorization arrived before it")
+            return OutcomeStatus.SUCCEEDED, None
+        return OutcomeStatus.FAILED, f"declined: {reason}" if reason else "declined"
+
+    # -- endings -----------------------------------------------------------------------------
+
+    def _compensate_with(self, name: str, activity: str, arg: Any, *, remote: bool) -> None:
+        async def run() -> None:
+            if remote:
+                await workflow.execute_activity(
+                    activity,
+                    arg,
+                    start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=COMPENSATION_RETRY,
+                )
+            else:
+                await self._call(
+                    activity,
+                    arg,
+                    start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=COMPENSATION_RETRY,
+                )
+
+        self._compensations.append((name, run))
+
+    async def _compensate(self) -> None:
+        # Reverse order of what was done; each compensation is idempotent on its own, so a
+        # replayed or retried one changes nothing the second time.
+        while self._compensations:
+            name, run = self._compensations.pop()
+            await run()
+            self._step("compensated", name)
+
+    async def _notify(self, status: OutcomeStatus, reason: str | None) -> None:
+        payment = self._payment
+        try:
+            await self._call(
+                "notify_customer",
+                NotifyInput(
+                    payment_id=payment.payment_id,
+                    account_id=payment.account_id,
+                    status=status,
+                    reason=reason,
+                    amount_minor=payment.amount_minor,
+                    currency=payment.currency,
+                ),
+                start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=NOTIFY_RETRY,
+            )
+        except ActivityError as exc:
+            # A lost notification must not hold back the outcome.
+            self._step("notification failed", str(exc.cause or exc))
+            return
+        self._step("customer notified", status.value)
 
     async def _finish(self, status: OutcomeStatus, reason: str | None) -> PaymentOutcome:
         payment = self._payment
@@ -78,6 +439,8 @@ class PaymentWorkflow:
             created_at=payment.created_at,
             completed_at=workflow.now(),
         )
+        # An ordinary activity even in the saga: a local activity may run again when its
+        # workflow task is retried, and the outcome record must reach the topic once.
         await workflow.execute_activity(
             "publish_outcome",
             PublishOutcomeInput(outcome=outcome),
@@ -88,3 +451,97 @@ class PaymentWorkflow:
         self._enter(PaymentPhase(status.value), "outcome published", reason)
         workflow.logger.info("payment %s ended %s", payment.payment_id, status)
         return outcome
+
+    # -- the foundation slice, kept for executions recorded before SAGA_PATCH ---------------
+
+    async def _run_slice(self) -> PaymentOutcome:
+        self._enter(PaymentPhase.PROCESSING, "received")
+        verdict = await self._validate()
+        if not verdict.ok:
+            return await self._finish(OutcomeStatus.REJECTED, verdict.reason)
+        return await self._finish(OutcomeStatus.SUCCEEDED, None)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    async def _call(
+        self,
+        activity: str,
+        arg: Any,
+        *,
+        start_to_close_timeout: timedelta,
+        retry_policy: RetryPolicy,
+        result_type: type | None = None,
+    ) -> Any:
+        """Run one of the worker's own short, idempotent activities (ledger, notifications).
+
+        The saga runs them as local activities: they are short, idempotent and local to the
+        worker, and running several in one workflow task halves the round trips to the
+        server. The slice scheduled them as ordinary activities, and its recorded histories
+        must replay as they were written.
+        """
+        if self._saga:
+            return await workflow.execute_local_activity(
+                activity,
+                arg,
+                result_type=result_type,
+                start_to_close_timeout=start_to_close_timeout,
+                retry_policy=retry_policy,
+            )
+        return await workflow.execute_activity(
+            activity,
+            arg,
+            result_type=result_type,
+            start_to_close_timeout=start_to_close_timeout,
+            retry_policy=retry_policy,
+        )
+
+    async def _validate(self) -> ValidationVerdict:
+        verdict: ValidationVerdict = await self._call(
+            "validate_payment",
+            ValidatePaymentInput(payment=self._payment),
+            result_type=ValidationVerdict,
+            start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=LEDGER_RETRY,
+        )
+        return verdict
+
+    def _first_time(self, event_id: str) -> bool:
+        if event_id in self._seen_events:
+            return False
+        self._seen_events.add(event_id)
+        return True
+
+    def _has_callback(self) -> bool:
+        return self._handled_callbacks < len(self._callbacks)
+
+    def _next_callback(self) -> GatewayCallback:
+        callback = self._callbacks[self._handled_callbacks]
+        self._handled_callbacks += 1
+        return callback
+
+    def _check_cancel(self, *, callbacks_first: bool = False) -> None:
+        """Raise :class:`_Cancelled` if a cancel is in; with ``callbacks_first``, callbacks
+        that arrived before the cancel are handled first (an authorisation that came in
+        before the cancel wins)."""
+        if self._cancel is None or self._succeeded:
+            return
+        if callbacks_first and self._has_callback() and self._handled_callbacks < self._cancel_at:
+            return
+        raise _Cancelled
+
+    def _terminal(self) -> bool:
+        return self._state.status not in (
+            PaymentPhase.PENDING,
+            PaymentPhase.PROCESSING,
+            PaymentPhase.AWAITING_CALLBACK,
+            PaymentPhase.MANUAL_REVIEW,
+        )
+
+    def _step(self, name: str, detail: str | None = None) -> None:
+        self._state.steps.append(Step(name=name, at=workflow.now(), detail=detail))
+
+    def _enter(self, phase: PaymentPhase, step: str, detail: str | None = None) -> None:
+        self._state.status = phase
+        self._step(step, detail)
+        if self._saga:
+            workflow.upsert_search_attributes([PAYMENT_STATUS.value_set(phase.value)])

@@ -5,15 +5,35 @@ One model per workflow, activity and signal, so that fields can be added compati
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Protocol
 
 from pydantic import BaseModel, Field
 
-from bridge.events import GatewayCallback, PaymentCreated, PaymentOutcome
+from bridge.events import (
+    CallbackStatus,
+    GatewayCallback,
+    OutcomeStatus,
+    PaymentCreated,
+    PaymentMethod,
+    PaymentOutcome,
+)
 
 TASK_QUEUE = "payments"
 SUPPORTED_CURRENCIES = frozenset({"EUR", "USD", "GBP"})
+SUPPORTED_METHODS = frozenset(PaymentMethod)
+
+# Search attributes the workflows set (registered by `paybridge namespace register` and the
+# dev stack): name -> Temporal indexed value type.
+SEARCH_ATTRIBUTES = {"PaymentStatus": "Keyword", "MerchantId": "Keyword"}
+
+# ApplicationError types raised by activities that the workflows branch on.
+GATEWAY_DECLINED = "GatewayDeclined"
+GATEWAY_STATUS_UNKNOWN = "GatewayStatusUnknown"
+
+DEFAULT_CALLBACK_TIMEOUT = timedelta(minutes=5)
+DEFAULT_STALE_RETRY_DELAY = timedelta(minutes=30)
 
 
 class PaymentPhase(StrEnum):
@@ -30,6 +50,9 @@ class PaymentPhase(StrEnum):
 
 class PaymentWorkflowInput(BaseModel):
     payment: PaymentCreated
+    # Timers (PAYBRIDGE_CALLBACK_TIMEOUT, PAYBRIDGE_STALE_RETRY_DELAY); None = the defaults.
+    callback_timeout: timedelta | None = None
+    stale_retry_delay: timedelta | None = None
 
 
 class Step(BaseModel):
@@ -44,6 +67,7 @@ class PaymentState(BaseModel):
     payment_id: str
     status: PaymentPhase
     reason: str | None = None
+    gateway_ref: str | None = None
     steps: list[Step] = Field(default_factory=list)
 
 
@@ -60,6 +84,84 @@ class PublishOutcomeInput(BaseModel):
     outcome: PaymentOutcome
 
 
+# -- ledger --------------------------------------------------------------------------------
+
+
+class DebitInput(BaseModel):
+    payment_id: str
+    account_id: str
+    currency: str
+    amount_minor: int
+
+
+class DebitResult(BaseModel):
+    ok: bool
+    reason: str | None = None
+
+
+class CreditBackInput(BaseModel):
+    """Compensation of a debit: gives back what ``payment_id``'s debit took, at most once."""
+
+    payment_id: str
+
+
+# -- gateway -------------------------------------------------------------------------------
+
+
+class AuthorizeInput(BaseModel):
+    payment: PaymentCreated
+
+
+class Authorization(BaseModel):
+    """The gateway accepted the request; its verdict comes later as a callback."""
+
+    gateway_ref: str
+
+
+class VoidInput(BaseModel):
+    payment_id: str
+
+
+class GatewayStatusInput(BaseModel):
+    payment_id: str
+
+
+class GatewayStatus(BaseModel):
+    """What the gateway reports when asked; ``status`` None = it does not know (yet)."""
+
+    status: CallbackStatus | None = None
+    reason: str | None = None
+
+
+# -- fraud and notifications ---------------------------------------------------------------
+
+
+class FraudCheckInput(BaseModel):
+    payment: PaymentCreated
+
+
+class FraudScore(BaseModel):
+    score: int = Field(ge=0, le=100)
+
+
+class FraudVerdict(BaseModel):
+    passed: bool
+    score: int
+    reason: str | None = None
+
+
+class NotifyInput(BaseModel):
+    payment_id: str
+    account_id: str
+    status: OutcomeStatus
+    reason: str | None = None
+    amount_minor: int
+    currency: str
+
+
+# -- signals -------------------------------------------------------------------------------
+
+
 class GatewayCallbackSignal(BaseModel):
     callback: GatewayCallback
 
@@ -67,3 +169,72 @@ class GatewayCallbackSignal(BaseModel):
 class CancelSignal(BaseModel):
     event_id: str
     reason: str
+
+
+class ResolveSignal(BaseModel):
+    """An operator's verdict on a payment in manual review."""
+
+    event_id: str
+    approve: bool
+    operator: str | None = None
+    note: str | None = None
+
+
+# -- recurring -----------------------------------------------------------------------------
+
+
+class Charge(BaseModel):
+    term: int
+    payment_id: str
+    status: OutcomeStatus
+
+
+class RecurringInput(BaseModel):
+    """A contract: ``terms`` payments of ``amount_minor`` every ``period``.
+
+    ``next_term`` and ``charges`` carry the progress across ``continue_as_new``.
+    """
+
+    subscription_id: str
+    account_id: str
+    merchant_id: str
+    amount_minor: int = Field(gt=0)
+    currency: str
+    method: PaymentMethod = PaymentMethod.CARD
+    period: timedelta
+    terms: int = Field(ge=1)
+    callback_timeout: timedelta | None = None
+    stale_retry_delay: timedelta | None = None
+    next_term: int = 1
+    charges: list[Charge] = Field(default_factory=list)
+    cancel_requested: bool = False
+    terms_per_run: int = Field(default=4, ge=1)
+
+
+class RecurringState(BaseModel):
+    subscription_id: str
+    terms: int
+    next_term: int
+    charges: list[Charge]
+    cancel_requested: bool
+    done: bool = False
+
+
+class RecurringCancelSignal(BaseModel):
+    reason: str = "cancelled"
+
+
+class TimerSettings(Protocol):
+    @property
+    def callback_timeout(self) -> timedelta: ...
+    @property
+    def stale_retry_delay(self) -> timedelta: ...
+
+
+def payment_input(settings: TimerSettings, payment: PaymentCreated) -> PaymentWorkflowInput:
+    """The workflow input of ``payment``, with the timers of ``settings``."""
+    return PaymentWorkflowInput(
+        payment=payment,
+        callback_timeout=settings.callback_timeout,
+        stale_retry_delay=settings.stale_retry_delay,
+    )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from temporalio.client import Client
@@ -12,11 +13,48 @@ from temporalio.worker import Worker
 
 from bridge.codec import Codec
 from bridge.metrics import WorkerMetrics
-from workflows.activities import LedgerActivities, OutcomeActivities
+from workflows.activities import (
+    FraudActivities,
+    GatewayActivities,
+    LedgerActivities,
+    NotificationActivities,
+    OutcomeActivities,
+)
+from workflows.fraud import FraudCheckWorkflow, fraud_task_queue
+from workflows.gateway import SimulatedGateway
 from workflows.ledger import Ledger
+from workflows.notifications import NotificationSink
 from workflows.payment import PaymentWorkflow
+from workflows.recurring import RecurringPaymentWorkflow
 
-WORKFLOWS = [PaymentWorkflow]
+# Workflows of the payments task queue; the fraud check has a queue of its own.
+WORKFLOWS = [PaymentWorkflow, RecurringPaymentWorkflow]
+FRAUD_WORKFLOWS = [FraudCheckWorkflow]
+
+
+def activities(
+    *,
+    ledger: Ledger,
+    gateway: SimulatedGateway,
+    notifications: NotificationSink,
+    outcomes: OutcomeActivities | None,
+) -> list[Callable[..., Any]]:
+    """The activities of the payments task queue, bound to their clients (``outcomes`` None:
+    left out, for tests that register their own ``publish_outcome``)."""
+    book = LedgerActivities(ledger)
+    gate = GatewayActivities(gateway)
+    found: list[Callable[..., Any]] = [
+        book.validate_payment,
+        book.debit_account,
+        book.credit_back,
+        gate.authorize_payment,
+        gate.void_authorization,
+        gate.query_gateway_status,
+        NotificationActivities(notifications).notify_customer,
+    ]
+    if outcomes is not None:
+        found.append(outcomes.publish_outcome)
+    return found
 
 
 @contextlib.asynccontextmanager
@@ -29,20 +67,48 @@ async def open_worker(
     outcomes_topic: str,
     metrics: WorkerMetrics | None = None,
     codec: Codec | None = None,
+    gateway: SimulatedGateway | None = None,
+    notifications: NotificationSink | None = None,
+    extra_activities: Sequence[Callable[..., Any]] = (),
 ) -> AsyncIterator[Worker]:
-    """A running worker; on exit it finishes its tasks and stops polling."""
-    ledger_activities = LedgerActivities(ledger)
+    """A running worker; on exit it finishes its tasks and stops polling.
+
+    Without ``gateway`` the simulated gateway accepts authorisation requests and sends no
+    callbacks: callbacks then come only from producers of the callbacks topic.
+    """
     outcome_activities = OutcomeActivities(
         producer, topic=outcomes_topic, codec=codec or Codec(), metrics=metrics
     )
+    gateway = gateway or SimulatedGateway()
     # Ledger calls are short blocking SQLite calls: a small thread pool runs them.
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
         worker = Worker(
             client,
             task_queue=task_queue,
             workflows=WORKFLOWS,
-            activities=[ledger_activities.validate_payment, outcome_activities.publish_outcome],
+            activities=[
+                *activities(
+                    ledger=ledger,
+                    gateway=gateway,
+                    notifications=notifications or NotificationSink(),
+                    outcomes=outcome_activities,
+                ),
+                *extra_activities,
+            ],
             activity_executor=executor,
         )
-        async with worker:
+        async with worker, fraud_worker(client, task_queue=task_queue, executor=executor):
             yield worker
+
+
+def fraud_worker(
+    client: Client, *, task_queue: str, executor: concurrent.futures.Executor
+) -> Worker:
+    """The fraud service's worker, on the fraud queue that goes with ``task_queue``."""
+    return Worker(
+        client,
+        task_queue=fraud_task_queue(task_queue),
+        workflows=FRAUD_WORKFLOWS,
+        activities=[FraudActivities().score_fraud],
+        activity_executor=executor,
+    )
