@@ -1,0 +1,74 @@
+"""Recorded histories of earlier PaymentWorkflow versions replay on the current code.
+
+``payment_slice_*`` were recorded from the foundation slice (validate -> publish) before the
+saga replaced it behind ``workflow.patched("payment-saga-v2")``; ``payment_saga_*`` from the
+saga itself (see tests/histories/record.py). Without the patch the slice histories no longer
+replay: the second test proves that the check can fail.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+from temporalio import workflow
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from workflows.payment import SAGA_PATCH
+from workflows.worker import FRAUD_WORKFLOWS, WORKFLOWS
+
+HISTORIES = Path(__file__).parent / "histories"
+SLICE = sorted(HISTORIES.glob("payment_slice_*.json"))
+SAGA = sorted(HISTORIES.glob("payment_saga_*.json"))
+
+
+def load(path: Path) -> WorkflowHistory:
+    data = json.loads(path.read_text())
+    return WorkflowHistory.from_json(f"payment-{path.stem}", data)
+
+
+def replayer() -> Replayer:
+    return Replayer(
+        workflows=[*WORKFLOWS, *FRAUD_WORKFLOWS], data_converter=pydantic_data_converter
+    )
+
+
+def patch_markers(path: Path) -> list[str]:
+    """The patch ids recorded in a history (the marker carries the id as a JSON payload)."""
+    found = []
+    for event in json.loads(path.read_text())["events"]:
+        marker = event.get("markerRecordedEventAttributes")
+        if marker and marker["markerName"] == "core_patch":
+            payload = marker["details"]["patch-data"]["payloads"][0]["data"]
+            found.append(json.loads(base64.b64decode(payload))["id"])
+    return found
+
+
+def test_histories_of_both_versions_are_kept() -> None:
+    assert len(SLICE) >= 2 and len(SAGA) >= 3
+    assert all(patch_markers(path) == [] for path in SLICE)
+    assert all(patch_markers(path) == [SAGA_PATCH] for path in SAGA)
+
+
+@pytest.mark.parametrize("path", SLICE + SAGA, ids=lambda p: p.stem)
+async def test_recorded_history_replays(path: Path) -> None:
+    result = await replayer().replay_workflow(load(path), raise_on_replay_failure=False)
+    assert result.replay_failure is None, result.replay_failure
+
+
+@pytest.mark.parametrize("path", SLICE, ids=lambda p: p.stem)
+async def test_slice_history_fails_to_replay_without_the_patch(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the code would be with the patch removed: the saga for every execution.
+    monkeypatch.setattr(workflow, "patched", lambda patch_id, **_: True)
+    result = await replayer().replay_workflow(load(path), raise_on_replay_failure=False)
+    assert result.replay_failure is not None
+    assert (
+        "nondeterminism" in str(result.replay_failure).lower()
+        or "Nondeterminism" in type(result.replay_failure).__name__
+    )
