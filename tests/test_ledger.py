@@ -1,0 +1,80 @@
+"""The SQLite ledger: idempotent debits and credit-backs, never a negative balance."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import tempfile
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from workflows.ledger import Ledger
+
+
+def fresh(tmp_path: Path, balance: int = 1_000) -> Ledger:
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.seed(accounts=["acct-a"], currencies=["EUR"], balance_minor=balance)
+    return ledger
+
+
+def test_debit_is_idempotent_by_payment_id(tmp_path: Path) -> None:
+    ledger = fresh(tmp_path)
+    assert ledger.debit("p1", "acct-a", "EUR", 300) == "debited"
+    assert ledger.debit("p1", "acct-a", "EUR", 300) == "already_debited"
+    assert ledger.balance("acct-a", "EUR") == 700
+    assert [m.delta_minor for m in ledger.movements("p1")] == [-300]
+
+
+def test_insufficient_funds_and_unknown_balances_move_nothing(tmp_path: Path) -> None:
+    ledger = fresh(tmp_path)
+    assert ledger.debit("p1", "acct-a", "EUR", 1_001) == "insufficient_funds"
+    assert ledger.debit("p2", "acct-a", "USD", 1) == "no_such_balance"
+    assert ledger.debit("p3", "acct-zz", "EUR", 1) == "no_such_balance"
+    assert ledger.balance("acct-a", "EUR") == 1_000
+    assert ledger.movements("p1") == []
+    # A rejected debit does not burn the payment id: a later retry with funds goes through.
+    assert ledger.debit("p1", "acct-a", "EUR", 1_000) == "debited"
+    assert ledger.balance("acct-a", "EUR") == 0
+
+
+def test_credit_back_gives_back_once_and_only_what_was_taken(tmp_path: Path) -> None:
+    ledger = fresh(tmp_path)
+    assert ledger.credit_back("p1") == "nothing_to_credit"
+    ledger.debit("p1", "acct-a", "EUR", 250)
+    assert ledger.credit_back("p1") == "credited"
+    assert ledger.credit_back("p1") == "already_credited"
+    assert ledger.balance("acct-a", "EUR") == 1_000
+    assert [m.delta_minor for m in ledger.movements("p1")] == [-250, 250]
+
+
+def test_two_ledgers_on_one_file_never_overdraw(tmp_path: Path) -> None:
+    """Two worker processes share the file: concurrent debits never take more than there is."""
+    first, second = fresh(tmp_path), Ledger(tmp_path / "ledger.sqlite")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        verdicts = list(
+            pool.map(
+                lambda n: (first if n % 2 else second).debit(f"p{n % 60}", "acct-a", "EUR", 40),
+                range(120),
+            )
+        )
+    # 60 distinct payments of 40 on a balance of 1000: exactly 25 fit, each once.
+    assert verdicts.count("debited") == 25
+    assert first.balance("acct-a", "EUR") == 0
+
+
+@given(st.lists(st.tuples(st.integers(0, 9), st.integers(1, 400), st.booleans()), max_size=40))
+def test_balance_is_never_negative_and_always_adds_up(ops: list[tuple[int, int, bool]]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger = fresh(Path(tmp))
+        for payment, amount, compensate in ops:
+            pid = f"p{payment}"
+            if compensate:
+                ledger.credit_back(pid)
+            else:
+                ledger.debit(pid, "acct-a", "EUR", amount)
+            balance = ledger.balance("acct-a", "EUR")
+            assert balance is not None and balance >= 0
+        moved = sum(m.delta_minor for n in range(10) for m in ledger.movements(f"p{n}"))
+        assert ledger.balance("acct-a", "EUR") == 1_000 + moved
+        ledger.close()
