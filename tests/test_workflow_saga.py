@@ -202,8 +202,8 @@ async def test_duplicate_and_late_callbacks_change_nothing(harness: Harness) -> 
     assert outcome.status == OutcomeStatus.SUCCEEDED
     steps = [s.name for s in (await harness.state(p)).steps]
     assert steps.count("gateway callback") == 2  # the copy of `approve` was dropped
-    assert "cancel ignored" in steps or "cancel requested" not in steps
-    assert len(harness.outcomes) == 1, [(o.status, o.event_id, o.completed_at) for o in harness.outcomes]
+    assert "cancel ignored" in steps  # the authorisation came in before the cancel
+    assert len(harness.outcomes) == 1
 
 
 async def to_manual_review(
