@@ -56,7 +56,12 @@ def register(group: click.Group) -> None:
     "json. [default: unknown_account=0.03, unsupported_currency=0.02, decline=0.05, "
     "gateway_error=0.01, cancel=0.03, timeout=0, json=0.1]",
 )
-@click.option("--timeout", default="2m", help="Wait this long after the last send for outcomes.")
+@click.option(
+    "--timeout",
+    default="2m",
+    help="After the last send, give up on the missing outcomes once none has arrived for this "
+    "long.",
+)
 @click.option("--seed", type=int, default=None, help="Seed of the payment mix (reproducible).")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--chart", type=click.Path(dir_okay=False, path_type=Path), default=None)

@@ -42,7 +42,7 @@ class LoadConfig:
     duration: float | None = None
     rate: float | None = None
     mix: Mix = field(default_factory=Mix)
-    timeout: float = 120.0  # wait this long after the last send for the stragglers
+    timeout: float = 120.0  # give up when no outcome arrived for this long after the last send
     settle: float = 1.0  # keep reading this long after the last outcome, for duplicates
     seed: int | None = None
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
@@ -194,9 +194,12 @@ async def run_load(
 
 
 async def _wait(tracker: Tracker, config: LoadConfig, background: list[asyncio.Task[None]]) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + config.timeout
-    while tracker.missing > 0 and loop.time() < deadline:
+    """Until every outcome is in, or none has come for ``config.timeout`` (an idle timeout:
+    a long run keeps waiting as long as outcomes keep arriving)."""
+    while tracker.missing > 0:
+        last = max(tracker.last_arrival or 0.0, tracker.last_sent or 0.0)
+        if time.time() - last >= config.timeout:
+            break
         await _sleep_watching(0.1, background)
     await _sleep_watching(config.settle, background)
 
