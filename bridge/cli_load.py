@@ -298,11 +298,16 @@ def _reset_group(settings: Any, when: str, topic: str | None, dry_run: bool) -> 
             dry_run=dry_run,
         )
     )
-    for row in plan:
+    for row in plan.rows:
         before = "-" if row.committed is None else str(row.committed)
         click.echo(f"{row.topic}-{row.partition}  {before} -> {row.new}")
     verb = "would reset" if dry_run else "reset"
-    click.echo(f"{verb} group {settings.consumer_group} on {len(plan)} partitions")
+    click.echo(f"{verb} group {plan.group} on {len(plan.rows)} partitions")
+    if plan.members:
+        click.echo(
+            f"group {plan.group} has {len(plan.members)} live member(s) now: "
+            "a reset would be refused until every bridge of the group is stopped"
+        )
 
 
 # -- dlq -----------------------------------------------------------------------------------
@@ -342,6 +347,8 @@ def dlq_list(reasons: tuple[str, ...], limit: int, as_json: bool, **options: Any
             state = f"redriven -> {marker.redriven_to}" if marker else "pending"
             if letter.value_omitted:
                 state = "value omitted (too large): not redrivable"
+            if letter.redriven_from:
+                state += f" (failed again after redrive of {letter.redriven_from})"
             message = letter.error_message.replace("\n", " ")[:100]
             click.echo(
                 f"  {letter.ref:<8} from {letter.source:<40} {letter.failed_at}  {state}\n"

@@ -303,6 +303,13 @@ def _copy_of(
 
 
 @dataclass(frozen=True)
+class ResetPlan:
+    group: str
+    rows: list[GroupReset]
+    members: list[str]  # live members seen (a dry run reports them, a reset refuses)
+
+
+@dataclass(frozen=True)
 class GroupReset:
     topic: str
     partition: int
@@ -328,17 +335,19 @@ async def reset_group(
     topics: Sequence[str] | None = None,
     group: str | None = None,
     dry_run: bool = False,
-) -> list[GroupReset]:
+) -> ResetPlan:
     """Set ``group``'s offsets on ``topics`` to the first record at/after ``timestamp_ms``.
 
-    Refuses with :class:`ReplayError` while the group has members.
+    Refuses with :class:`ReplayError` while the group has members (a dry run reports them).
     """
     group = group or settings.consumer_group
     chosen = list(topics or settings.input_topics)
     admin = AIOKafkaAdminClient(**client_kwargs(settings))
     await admin.start()
     try:
-        await _refuse_if_live(admin, group)
+        members = await group_members(admin, group)
+        if not dry_run:
+            _refuse_if_live(group, members)
         reader = source_consumer(settings)
         await reader.start()
         try:
@@ -365,15 +374,14 @@ async def reset_group(
             for tp in tps
         ]
         if not dry_run:
-            await _refuse_if_live(admin, group)
+            _refuse_if_live(group, await group_members(admin, group))
             await _commit_as_group(settings, group, new)
-        return plan
+        return ResetPlan(group, plan, members)
     finally:
         await admin.close()
 
 
-async def _refuse_if_live(admin: AIOKafkaAdminClient, group: str) -> None:
-    members = await group_members(admin, group)
+def _refuse_if_live(group: str, members: list[str]) -> None:
     if members:
         raise ReplayError(
             f"consumer group {group} has {len(members)} live member(s) ({', '.join(members[:3])}"

@@ -125,7 +125,10 @@ async def test_group_reset_refused_while_the_group_has_a_live_member(stack: Stac
         with pytest.raises(ReplayError, match="live member"):
             await reset_group(settings, timestamp_ms=cut)
 
-    plan = await reset_group(settings, timestamp_ms=cut, topics=[settings.topic_payments])
+        dry = await reset_group(settings, timestamp_ms=cut, dry_run=True)
+        assert len(dry.members) == 1
+
+    plan = (await reset_group(settings, timestamp_ms=cut, topics=[settings.topic_payments])).rows
     admin = AIOKafkaAdminClient(**client_kwargs(settings))
     await admin.start()
     try:
