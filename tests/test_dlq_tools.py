@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiokafka.structs import ConsumerRecord
+from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
 
+from bridge.cli import main
 from bridge.codec import Codec, SchemaRegistry
 from bridge.dlq import dlq_headers
 from bridge.dlq_tools import REDRIVEN_FROM, Selection, parse_refs, read_dlq, redrive
@@ -148,3 +150,37 @@ async def test_dry_run_sends_nothing_and_redrive_sends_once(settings: Settings) 
     assert all((c.key, c.value) == (b"p-9", b"not an event") for c in copies)
     assert all(dict(c.headers)["h"] == b"1" for c in copies)
     assert all(not k.startswith("dlq.") for c in copies for k, _ in c.headers)
+
+
+async def test_cli_lists_by_reason_and_redrives_once(settings: Settings) -> None:
+    source = ConsumerRecord(
+        topic=settings.topic_payments,
+        partition=0,
+        offset=7,
+        timestamp=0,
+        timestamp_type=0,
+        key=b"p-1",
+        value=b"junk",
+        checksum=None,
+        serialized_key_size=3,
+        serialized_value_size=4,
+        headers=[],
+    )
+    headers = dlq_headers(source, reason="undecodable", error=ValueError("junk"))
+    await produce_raw(settings, settings.topic_dlq, [(b"p-1", b"junk", headers)])
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "PAYBRIDGE_TOPIC_DLQ": settings.topic_dlq,
+    }
+
+    async def cli(*args: str) -> str:
+        result = await asyncio.to_thread(CliRunner().invoke, main, list(args), env=env)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    listed = await cli("dlq", "list")
+    assert "undecodable: 1 (0 redriven)" in listed
+    assert f"0:0      from {settings.topic_payments}-0@7" in listed
+    assert "1 records redriven" in await cli("dlq", "redrive", "--offset", "0")
+    assert "already redriven" in await cli("dlq", "redrive", "--all")
+    assert "undecodable: 1 (1 redriven)" in await cli("dlq", "list")
