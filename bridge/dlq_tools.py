@@ -32,6 +32,7 @@ from bridge.errors import PaybridgeError
 from bridge.kafka import MAX_REQUEST_BYTES, client_kwargs
 from bridge.kafka import consumer as kafka_consumer
 from bridge.settings import Settings
+from bridge.stopping import stop_consumer
 
 MARKER_HEADER = "dlq.marker"
 MARKER_REDRIVEN = b"redriven"
@@ -162,7 +163,7 @@ async def read_dlq(settings: Settings) -> DlqContents:
                 if await consumer.position(tp) >= end[tp]:
                     todo.discard(tp)
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
     return contents
 
 

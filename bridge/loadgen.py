@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from bridge.codec import Codec
-from bridge.errors import DecodeError
+from bridge.errors import DecodeError, PaybridgeError
 from bridge.events import PaymentOutcome
 from bridge.kafka import consumer as kafka_consumer
 from bridge.kafka import idempotent_producer
@@ -28,10 +28,15 @@ from bridge.loadmix import Mix, PaymentFactory, Planned
 from bridge.loadstats import Tracker
 from bridge.producing import encode_record
 from bridge.settings import Settings
+from bridge.stopping import stop_consumer
 
 log = logging.getLogger(__name__)
 
 FLUSH_EVERY = 500  # un-acknowledged sends before waiting for Kafka's acks
+
+
+class LoadError(PaybridgeError):
+    """A load run cannot start (e.g. the outcomes topic does not exist)."""
 
 
 @dataclass(frozen=True)
@@ -106,8 +111,8 @@ class OutcomeReader:
             for p in sorted(self.consumer.partitions_for_topic(topic) or ())
         ]
         if not partitions:
-            await self.consumer.stop()
-            raise RuntimeError(f"outcomes topic {topic} does not exist")
+            await stop_consumer(self.consumer)
+            raise LoadError(f"outcomes topic {topic} does not exist (paybridge topics create)")
         self.consumer.assign(partitions)
         end: dict[TopicPartition, int] = await self.consumer.end_offsets(partitions)
         for tp, offset in end.items():
@@ -128,7 +133,7 @@ class OutcomeReader:
                     tracker.record_outcome(outcome, now=now)
 
     async def stop(self) -> None:
-        await self.consumer.stop()
+        await stop_consumer(self.consumer)
 
 
 async def _produce(

@@ -36,6 +36,7 @@ from bridge.events import Event, GatewayCallback, PaymentCancelRequested, Paymen
 from bridge.kafka import client_kwargs, idempotent_producer
 from bridge.kafka import consumer as kafka_consumer
 from bridge.settings import Settings
+from bridge.stopping import stop_consumer
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +218,7 @@ async def plan_replay(
         if destination not in await consumer.topics():
             raise ReplayError(f"destination topic {destination} does not exist")
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
     return ReplayPlan(source, destination, ranges, rate)
 
 
@@ -277,7 +278,7 @@ async def run_replay(
         await asyncio.gather(*pending)
     finally:
         await producer.stop()
-        await consumer.stop()
+        await stop_consumer(consumer)
     return result
 
 
@@ -361,7 +362,7 @@ async def reset_group(
             end = await reader.end_offsets(tps)
             found = await reader.offsets_for_times(dict.fromkeys(tps, timestamp_ms))
         finally:
-            await reader.stop()
+            await stop_consumer(reader)
         new = {tp: end[tp] if found.get(tp) is None else found[tp].offset for tp in tps}
         committed = await admin.list_consumer_group_offsets(group, partitions=tps)
         plan = [
@@ -400,4 +401,4 @@ async def _commit_as_group(
         consumer.assign(list(offsets))
         await consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in offsets.items()})
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
