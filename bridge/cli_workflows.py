@@ -32,13 +32,12 @@ def register(group: click.Group) -> None:
 @_guard
 def status(payment_id: str, as_json: bool, **options: Any) -> None:
     """Show a payment's state (the workflow's `status` query) and its history of steps."""
-    from bridge.temporal import connect
-    from workflows.control import payment_status
+    from workflows.control import connect_client, payment_status
 
     settings = settings_from(options)
 
     async def run() -> Any:
-        return await payment_status(await connect(settings), payment_id)
+        return await payment_status(await connect_client(settings), payment_id)
 
     state = run_async(run())
     if as_json:
@@ -82,8 +81,7 @@ def resolve(
     payment_id: str, approve: bool | None, operator: str | None, note: str | None, **options: Any
 ) -> None:
     """Resolve a payment waiting in manual review: --approve or --decline."""
-    from bridge.temporal import connect
-    from workflows.control import resolve_payment
+    from workflows.control import connect_client, resolve_payment
 
     if approve is None:
         raise click.UsageError("say --approve or --decline")
@@ -91,7 +89,11 @@ def resolve(
 
     async def run() -> None:
         await resolve_payment(
-            await connect(settings), payment_id, approve=approve, operator=operator, note=note
+            await connect_client(settings),
+            payment_id,
+            approve=approve,
+            operator=operator,
+            note=note,
         )
 
     run_async(run())
@@ -126,8 +128,7 @@ def _period(_ctx: click.Context, _param: click.Parameter, value: str) -> Any:
 @_guard
 def recurring_create(subscription_id: str | None, **options: Any) -> None:
     """Start a contract: TERMS payments of AMOUNT, one every PERIOD, each a PaymentWorkflow."""
-    from bridge.temporal import connect
-    from workflows.control import start_recurring
+    from workflows.control import connect_client, start_recurring
     from workflows.shared import RecurringInput
 
     fields = {
@@ -144,7 +145,7 @@ def recurring_create(subscription_id: str | None, **options: Any) -> None:
         raise click.BadParameter(str(exc)) from exc
 
     async def run() -> str:
-        return await start_recurring(await connect(settings), settings, contract)
+        return await start_recurring(await connect_client(settings), settings, contract)
 
     workflow_id = run_async(run())
     click.echo(f"{contract.subscription_id}  workflow {workflow_id}")
@@ -156,17 +157,23 @@ def recurring_create(subscription_id: str | None, **options: Any) -> None:
 @_guard
 def recurring_status(subscription_id: str, **options: Any) -> None:
     """Show a contract's progress: terms charged and what comes next."""
-    from bridge.temporal import connect
+    from workflows.control import connect_client
     from workflows.control import recurring_status as query
 
     settings = settings_from(options)
 
     async def run() -> Any:
-        return await query(await connect(settings), subscription_id)
+        return await query(await connect_client(settings), subscription_id)
 
     state = run_async(run())
-    ended = "ended" if state.done else ("cancelling" if state.cancel_requested else "running")
-    click.echo(f"{state.subscription_id}  {ended}  next term {state.next_term}/{state.terms}")
+    charged = f"{len(state.charges)} of {state.terms} terms charged"
+    if state.done:
+        click.echo(f"{state.subscription_id}  ended  {charged}")
+    else:
+        cancelling = "  (cancelled: ends after this term)" if state.cancel_requested else ""
+        click.echo(
+            f"{state.subscription_id}  running  {charged}, next term {state.next_term}{cancelling}"
+        )
     for charge in state.charges:
         click.echo(f"  term {charge.term:>3}  {charge.payment_id}  {charge.status.value}")
 
@@ -178,13 +185,12 @@ def recurring_status(subscription_id: str, **options: Any) -> None:
 @_guard
 def recurring_cancel(subscription_id: str, reason: str, **options: Any) -> None:
     """End a contract after its current term (no further terms are charged)."""
-    from bridge.temporal import connect
-    from workflows.control import cancel_recurring
+    from workflows.control import cancel_recurring, connect_client
 
     settings = settings_from(options)
 
     async def run() -> None:
-        await cancel_recurring(await connect(settings), subscription_id, reason=reason)
+        await cancel_recurring(await connect_client(settings), subscription_id, reason=reason)
 
     run_async(run())
     click.echo(f"{subscription_id} ends after its current term")
@@ -205,15 +211,15 @@ def namespace() -> None:
 def namespace_register(retention: Any, **options: Any) -> None:
     """Register TEMPORAL_NAMESPACE (if missing) and the search attributes PaymentStatus and
     MerchantId that the workflows set."""
-    from bridge.temporal import connect
     from workflows.admin import register_namespace, register_search_attributes
+    from workflows.control import connect_client
 
     settings = settings_from(options)
     name = settings.temporal_namespace
 
     async def run() -> tuple[bool, list[str]]:
         # Registering goes through any namespace's connection; the attributes are per namespace.
-        client = await connect(settings.model_copy(update={"temporal_namespace": "default"}))
+        client = await connect_client(settings.model_copy(update={"temporal_namespace": "default"}))
         created = await register_namespace(client, name, retention=retention)
         added = await register_search_attributes(client, name)
         return created, added

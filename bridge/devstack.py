@@ -30,6 +30,7 @@ from bridge.settings import Settings
 from bridge.temporal import connect, sdk_metrics_runtime
 from workflows.gateway import simulated_gateway
 from workflows.ledger import Ledger
+from workflows.notifications import NotificationSink
 from workflows.worker import open_worker
 
 log = logging.getLogger(__name__)
@@ -233,6 +234,7 @@ async def open_dev_stack(
                 outcomes_topic=settings.topic_outcomes,
                 metrics=WorkerMetrics(registry),
                 gateway=gateway,
+                notifications=NotificationSink(root / "notifications.jsonl"),
             )
         )
         bridge = await stack.enter_async_context(

@@ -124,6 +124,14 @@ class FraudActivities:
         return FraudScore(score=digest[0] % 40)
 
 
+_ENDED = {
+    OutcomeStatus.FAILED: "failed",
+    OutcomeStatus.REJECTED: "was rejected",
+    OutcomeStatus.CANCELLED: "was cancelled",
+    OutcomeStatus.TIMED_OUT: "timed out",
+}
+
+
 class NotificationActivities:
     """Tells the customer how their payment ended."""
 
@@ -137,7 +145,7 @@ class NotificationActivities:
             text = f"Your payment {input.payment_id} of {amount} went through."
         else:
             why = f": {input.reason}" if input.reason else ""
-            text = f"Your payment {input.payment_id} of {amount} {input.status.lower()}{why}."
+            text = f"Your payment {input.payment_id} of {amount} {_ENDED[input.status]}{why}."
         self.sink.send(
             Notification(
                 channel="email",

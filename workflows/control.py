@@ -18,6 +18,7 @@ from bridge.errors import PaybridgeError
 from bridge.events import PaymentCancelRequested, payment_workflow_id
 from bridge.producing import send_events
 from bridge.settings import Settings
+from bridge.temporal import connect
 from workflows.recurring import recurring_workflow_id
 from workflows.shared import (
     PaymentPhase,
@@ -27,6 +28,20 @@ from workflows.shared import (
     RecurringState,
     ResolveSignal,
 )
+
+
+class UnreachableError(PaybridgeError):
+    """Temporal does not answer at TEMPORAL_ADDRESS."""
+
+
+async def connect_client(settings: Settings) -> Client:
+    """The Temporal client of a one-shot command; an unreachable server is a plain error."""
+    try:
+        return await connect(settings)
+    except RuntimeError as exc:
+        raise UnreachableError(
+            f"Temporal at {settings.temporal_address} (TEMPORAL_ADDRESS) is not reachable: {exc}"
+        ) from exc
 
 
 class NotFoundError(PaybridgeError):
