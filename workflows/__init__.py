@@ -1,8 +1,28 @@
 """paybridge's Temporal side: the payment workflows, their activities and the worker.
 
-Workflow modules are deterministic and replayed; every I/O lives in ``workflows.activities``.
+Workflow modules (``payment``, ``fraud``, ``recurring``) are deterministic and replayed; every
+I/O lives in ``activities`` (ledger, simulated gateway, notifications, Kafka). ``control`` and
+``admin`` are the client side used by the CLI.
 """
 
-from workflows.shared import TASK_QUEUE
+from workflows.shared import (
+    SEARCH_ATTRIBUTES,
+    TASK_QUEUE,
+    PaymentPhase,
+    PaymentState,
+    PaymentWorkflowInput,
+    RecurringInput,
+    RecurringState,
+    payment_input,
+)
 
-__all__ = ["TASK_QUEUE"]
+__all__ = [
+    "SEARCH_ATTRIBUTES",
+    "TASK_QUEUE",
+    "PaymentPhase",
+    "PaymentState",
+    "PaymentWorkflowInput",
+    "RecurringInput",
+    "RecurringState",
+    "payment_input",
+]
