@@ -115,6 +115,7 @@ class PaymentWorkflow:
         self._stale_retry_delay = input.stale_retry_delay or DEFAULT_STALE_RETRY_DELAY
         self._state = PaymentState(payment_id=input.payment.payment_id, status=PaymentPhase.PENDING)
         self._saga = False
+        self._merchant_set = False
         self._seen_events: set[str] = set()
         self._callbacks: list[GatewayCallback] = []
         self._handled_callbacks = 0
@@ -129,7 +130,6 @@ class PaymentWorkflow:
         if not workflow.patched(SAGA_PATCH):
             return await self._run_slice()
         self._saga = True
-        workflow.upsert_search_attributes([MERCHANT_ID.value_set(self._payment.merchant_id)])
         try:
             status, reason = await self._process()
         except _Cancelled:
@@ -544,4 +544,9 @@ class PaymentWorkflow:
         self._state.status = phase
         self._step(step, detail)
         if self._saga:
-            workflow.upsert_search_attributes([PAYMENT_STATUS.value_set(phase.value)])
+            updates = [PAYMENT_STATUS.value_set(phase.value)]
+            if not self._merchant_set:
+                # With the first status, in the same command: one visibility write fewer.
+                updates.append(MERCHANT_ID.value_set(self._payment.merchant_id))
+                self._merchant_set = True
+            workflow.upsert_search_attributes(updates)
