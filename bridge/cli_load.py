@@ -54,7 +54,7 @@ def register(group: click.Group) -> None:
     help="Shares by intent, e.g. 'decline=0.1,cancel=0.05,timeout=0.01' or 'none'. "
     "Names: unknown_account, unsupported_currency, decline, gateway_error, cancel, timeout, "
     "json. [default: unknown_account=0.03, unsupported_currency=0.02, decline=0.05, "
-    "gateway_error=0.01, cancel=0.03, timeout=0, json=0.1]",
+    "gateway_error=0, cancel=0.03, timeout=0, json=0.1]",
 )
 @click.option(
     "--timeout",

@@ -44,10 +44,12 @@ class Mix:
     unknown_account: float = 0.03
     unsupported_currency: float = 0.02
     decline: float = 0.05
-    gateway_error: float = 0.01
+    # Off by default, both: an ERROR callback sends the saga to its stale path (ask again after
+    # PAYBRIDGE_STALE_RETRY_DELAY, 30 minutes by default) and then to manual review, which
+    # publishes no outcome until an operator resolves it; a payment the gateway never answers
+    # ends only after PAYBRIDGE_CALLBACK_TIMEOUT (5 minutes by default).
+    gateway_error: float = 0.0
     cancel: float = 0.03
-    # Off by default: a payment the gateway never answers ends only after
-    # PAYBRIDGE_CALLBACK_TIMEOUT (5 minutes by default).
     timeout: float = 0.0
     json: float = 0.10  # share sent as JSON (content-type header) instead of Avro
 
