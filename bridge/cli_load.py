@@ -92,6 +92,7 @@ def loadgen(
     from bridge.loadchart import write_chart
     from bridge.loadgen import LoadConfig, run_load
     from bridge.loadmix import Mix
+    from bridge.loadstats import Tracker
     from bridge.loadview import progress, summary
 
     if (count is None) == (duration is None):
@@ -114,11 +115,16 @@ def loadgen(
     def tick(tracker: Any) -> None:
         live.update(progress(tracker, target=count), refresh=True)
 
-    if quiet or not console.is_terminal:
-        tracker = run_async(run_load(settings, config))
-    else:
-        with live:
-            tracker = run_async(run_load(settings, config, on_tick=tick))
+    tracker = Tracker()
+    interrupted = False
+    try:
+        if quiet or not console.is_terminal:
+            run_async(run_load(settings, config, tracker=tracker))
+        else:
+            with live:
+                run_async(run_load(settings, config, on_tick=tick, tracker=tracker))
+    except KeyboardInterrupt:
+        interrupted = True  # report what was seen so far
     result = tracker.report(config=config.describe())
     Console().print(summary(result))
     if report is not None:
@@ -128,6 +134,9 @@ def loadgen(
     if chart is not None:
         write_chart(result, chart)
         click.echo(f"chart:  {chart}")
+    if interrupted:
+        click.echo("interrupted: the figures cover the run so far", err=True)
+        sys.exit(130)
     if not result["ok"]:
         click.echo(
             f"FAILED: {result['missing']} missing, "

@@ -173,10 +173,14 @@ async def run_load(
     sender: Callable[[], contextlib.AbstractAsyncContextManager[Sender]] | None = None,
     on_tick: Callable[[Tracker], None] | None = None,
     codec: Codec | None = None,
+    tracker: Tracker | None = None,
 ) -> Tracker:
-    """Send the run's payments, wait for their outcomes (or ``config.timeout``), return them."""
+    """Send the run's payments, wait for their outcomes (or ``config.timeout``), return them.
+
+    Pass ``tracker`` to keep what was seen if the run is interrupted.
+    """
     codec = codec or Codec()
-    tracker = Tracker()
+    tracker = tracker if tracker is not None else Tracker()
     factory = PaymentFactory(config.mix, run_id=config.run_id, seed=config.seed)
     reader = OutcomeReader(settings, codec)
     await reader.start()
