@@ -128,9 +128,10 @@ async def run_bridge(base: Settings, client, count: int) -> tuple[float, float]:
         cpu0 = time.process_time()
         first: float | None = None
         while True:
-            done = registry.get_sample_value(
-                "paybridge_workflow_starts_total", {"result": "started"}
-            ) or 0.0
+            done = (
+                registry.get_sample_value("paybridge_workflow_starts_total", {"result": "started"})
+                or 0.0
+            )
             if done and first is None:
                 first = time.perf_counter()
             if done >= count:
@@ -222,16 +223,20 @@ async def main(args: argparse.Namespace) -> None:
     sdk_rate, bridge_rate = statistics.median(sdk), statistics.median(bridge)
     print()
     print(f"machine: {machine()}")
-    print(f"records per run: {args.count} (naive: {args.naive_count}), "
-          f"concurrency {args.concurrency}, rounds {args.rounds}, no worker (start path only)")
+    print(
+        f"records per run: {args.count} (naive: {args.naive_count}), "
+        f"concurrency {args.concurrency}, rounds {args.rounds}, no worker (start path only)"
+    )
     print(f"{'path':<28}{'starts/s':>10}")
     print(f"{'SDK loop (Temporal only)':<28}{sdk_rate:>10.0f}")
     print(f"{'paybridge bridge':<28}{bridge_rate:>10.0f}")
     print(f"{'naive consume-await-commit':<28}{naive:>10.0f}")
     print(f"bridge / SDK loop:   {bridge_rate / sdk_rate:.2f}x  (target >= 0.95x)")
     print(f"bridge / naive loop: {bridge_rate / naive:.1f}x  (target >= 10x)")
-    print(f"bridge CPU: {statistics.median(cpu):.2f} s per 1,000 events "
-          "(this process: decode, Kafka client, Temporal client)")
+    print(
+        f"bridge CPU: {statistics.median(cpu):.2f} s per 1,000 events "
+        "(this process: decode, Kafka client, Temporal client)"
+    )
 
 
 if __name__ == "__main__":

@@ -174,14 +174,28 @@ def bridge_command(**options: Any) -> None:
     help="SQLite file of the ledger.",
 )
 @click.option("--seed-demo-accounts", is_flag=True, help="Create acct-0001..acct-1000 if missing.")
+@click.option(
+    "--no-simulator",
+    is_flag=True,
+    help="The simulated gateway accepts authorisation requests but sends no callbacks.",
+)
 @settings_options(CONNECTION_FLAGS, (BRIDGE_FLAGS[1],))
 @_guard
-def worker(ledger_path: Path, seed_demo_accounts: bool, **options: Any) -> None:
-    """Run a Temporal worker for the payment workflows and activities."""
+def worker(ledger_path: Path, seed_demo_accounts: bool, no_simulator: bool, **options: Any) -> None:
+    """Run a Temporal worker for the payment workflows and activities.
+
+    Its simulated gateway signs callbacks with PAYBRIDGE_GATEWAY_SECRET (required) and produces
+    them to the callbacks topic; PAYBRIDGE_SIM_* set its ratios and latency.
+    """
     from bridge.runners import run_worker
 
     settings = settings_from(options)
-    run_async(run_worker(settings, ledger_path=ledger_path, seed=seed_demo_accounts))
+    settings.require_gateway_secret()
+    run_async(
+        run_worker(
+            settings, ledger_path=ledger_path, seed=seed_demo_accounts, simulator=not no_simulator
+        )
+    )
 
 
 # -- topics --------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from bridge.service import open_bridge
 from bridge.settings import Settings
 from bridge.temporal import connect, sdk_metrics_runtime
 from bridge.temporal_calls import Backoff
+from workflows.gateway import simulated_gateway
 from workflows.ledger import Ledger
 from workflows.worker import open_worker
 
@@ -71,7 +72,10 @@ async def run_bridge(settings: Settings) -> None:
             await runner
 
 
-async def run_worker(settings: Settings, *, ledger_path: Path, seed: bool) -> None:
+async def run_worker(
+    settings: Settings, *, ledger_path: Path, seed: bool, simulator: bool = True
+) -> None:
+    secret = settings.require_gateway_secret()  # callbacks are signed with it
     registry = CollectorRegistry()
     ledger = Ledger(ledger_path)
     if seed:
@@ -84,15 +88,20 @@ async def run_worker(settings: Settings, *, ledger_path: Path, seed: bool) -> No
         ):
             client = await connect_with_retry(settings, runtime=sdk_metrics_runtime(settings))
             await producer.start()
-            async with open_worker(
-                client,
-                task_queue=settings.temporal_task_queue,
-                ledger=ledger,
-                producer=producer,
-                outcomes_topic=settings.topic_outcomes,
-                metrics=WorkerMetrics(registry),
-            ):
-                await stop.wait()
+            gateway = simulated_gateway(settings, producer, secret=secret, callbacks=simulator)
+            try:
+                async with open_worker(
+                    client,
+                    task_queue=settings.temporal_task_queue,
+                    ledger=ledger,
+                    producer=producer,
+                    outcomes_topic=settings.topic_outcomes,
+                    metrics=WorkerMetrics(registry),
+                    gateway=gateway,
+                ):
+                    await stop.wait()
+            finally:
+                await gateway.close()
     finally:
         await producer.stop()
         ledger.close()

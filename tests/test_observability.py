@@ -438,6 +438,7 @@ async def test_paybridge_worker_process_serves_the_sdk_metrics(run: Run) -> None
         "TEMPORAL_TASK_QUEUE": task_queue,
         "PAYBRIDGE_METRICS_PORT": str(metrics_port),
         "PAYBRIDGE_SDK_METRICS_PORT": str(sdk_port),
+        "PAYBRIDGE_GATEWAY_SECRET": "test-secret",
     }
     ledger = run.tmp / f"{task_queue}.sqlite"
     worker = await asyncio.create_subprocess_exec(
