@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from temporalio.client import Client
 
 from bridge.errors import ConfigError, StackError
-from bridge.kafka import create_topics, idempotent_producer
+from bridge.kafka import create_topics, idempotent_producer, outcome_reader
 from bridge.metrics import MetricsServer, WorkerMetrics
 from bridge.processes import ServerProcess, find_binary, port_in_use
 from bridge.service import open_bridge
@@ -234,6 +234,7 @@ async def open_dev_stack(
                 outcomes_topic=settings.topic_outcomes,
                 metrics=WorkerMetrics(registry),
                 gateway=gateway,
+                outcome_reader=outcome_reader(settings),
                 notifications=NotificationSink(root / "notifications.jsonl"),
             )
         )

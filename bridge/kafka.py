@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -66,6 +67,11 @@ def consumer(settings: Settings, *topics: str, **extra: Any) -> AIOKafkaConsumer
     created = AIOKafkaConsumer(*topics, **client_kwargs(settings), **kwargs)
     _hold_empty_fetches(created, kwargs["fetch_max_wait_ms"] / 1000)
     return created
+
+
+def outcome_reader(settings: Settings) -> Callable[[], AIOKafkaConsumer]:
+    """Makes group-less consumers with which a retried outcome publish looks for its record."""
+    return lambda: consumer(settings, enable_auto_commit=False)
 
 
 def _hold_empty_fetches(created: AIOKafkaConsumer, wait: float) -> None:

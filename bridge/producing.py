@@ -86,5 +86,32 @@ async def read_outcomes(
         await consumer.stop()
 
 
+async def published_since(
+    reader: AIOKafkaConsumer,
+    tp: TopicPartition,
+    *,
+    since_ms: int,
+    event_id: str,
+) -> bool:
+    """Whether a record with header ``event_id`` reached ``tp`` at or after ``since_ms``.
+
+    ``reader`` is a started consumer without a group; it is assigned ``tp`` for the search.
+    """
+    reader.assign([tp])
+    found = await reader.offsets_for_times({tp: since_ms})
+    start = found.get(tp)
+    if start is None:  # nothing written since then
+        return False
+    end = (await reader.end_offsets([tp]))[tp]
+    reader.seek(tp, start.offset)
+    wanted = event_id.encode()
+    while await reader.position(tp) < end:
+        batch = await reader.getmany(tp, timeout_ms=1000)
+        for record in batch.get(tp, ()):
+            if dict(record.headers or ()).get("event_id") == wanted:
+                return True
+    return False
+
+
 async def _reached(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> bool:
     return bool(await consumer.position(tp) >= offset)

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from temporalio.client import Client
 from temporalio.runtime import Runtime
 
-from bridge.kafka import idempotent_producer
+from bridge.kafka import idempotent_producer, outcome_reader
 from bridge.metrics import MetricsServer, WorkerMetrics
 from bridge.service import open_bridge
 from bridge.settings import Settings
@@ -98,6 +98,7 @@ async def run_worker(
                     outcomes_topic=settings.topic_outcomes,
                     metrics=WorkerMetrics(registry),
                     gateway=gateway,
+                    outcome_reader=outcome_reader(settings),
                 ):
                     await stop.wait()
             finally:

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from bridge.codec import Codec
 from bridge.events import OutcomeStatus, PaymentOutcome
 from bridge.metrics import WorkerMetrics
+from bridge.producing import published_since
 from workflows.gateway import GatewayDeclined, GatewayUnavailable, SimulatedGateway
 from workflows.ledger import Ledger
 from workflows.notifications import Notification, NotificationSink
@@ -158,7 +161,14 @@ class NotificationActivities:
 
 
 class OutcomeActivities:
-    """Publishes each payment's terminal outcome to the outcomes topic."""
+    """Publishes each payment's terminal outcome to the outcomes topic, once.
+
+    A retried attempt (the first one timed out, or its worker died after the send) first looks
+    for the record on the topic: it flushes this process's producer, then scans the key's
+    partition from the first attempt's scheduled time for a record with the same ``event_id``.
+    ``reader`` makes the consumer for that search; without it a retry publishes again (the
+    copy carries the same ``event_id``, so consumers can still drop it).
+    """
 
     def __init__(
         self,
@@ -167,21 +177,48 @@ class OutcomeActivities:
         topic: str,
         codec: Codec,
         metrics: WorkerMetrics | None = None,
+        reader: Callable[[], AIOKafkaConsumer] | None = None,
     ) -> None:
         self.producer = producer
         self.topic = topic
         self.codec = codec
         self.metrics = metrics
+        self.reader = reader
+        self._partitioner = DefaultPartitioner()
+
+    async def _partition(self, key: bytes) -> int:
+        partitions = sorted(await self.producer.partitions_for(self.topic))
+        return int(self._partitioner(key, partitions, partitions))
+
+    async def _already_published(self, outcome: PaymentOutcome, partition: int) -> bool:
+        info = activity.info()
+        if info.attempt <= 1 or self.reader is None:
+            return False
+        await self.producer.flush()
+        since_ms = int(info.scheduled_time.timestamp() * 1000) - 5000
+        reader = self.reader()
+        await reader.start()
+        try:
+            tp = TopicPartition(self.topic, partition)
+            return await published_since(reader, tp, since_ms=since_ms, event_id=outcome.event_id)
+        finally:
+            await reader.stop()
 
     @activity.defn(name="publish_outcome")
     async def publish_outcome(self, input: PublishOutcomeInput) -> None:
         outcome: PaymentOutcome = input.outcome
-        # The outcome's event_id is derived from payment id and status, so a retried
-        # publish carries the same id and consumers can drop the copy.
+        key = outcome.payment_id.encode()
+        # The partition is chosen here (as Kafka's default partitioner would) so that a retry
+        # knows where an earlier attempt's record would be.
+        partition = await self._partition(key)
+        if await self._already_published(outcome, partition):
+            activity.logger.info("outcome of %s already published", outcome.payment_id)
+            return
         await self.producer.send_and_wait(
             self.topic,
             self.codec.encode(outcome),
-            key=outcome.payment_id.encode(),
+            key=key,
+            partition=partition,
             headers=[("event_id", outcome.event_id.encode())],
         )
         if self.metrics is not None:

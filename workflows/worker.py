@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -70,6 +70,7 @@ async def open_worker(
     gateway: SimulatedGateway | None = None,
     notifications: NotificationSink | None = None,
     extra_activities: Sequence[Callable[..., Any]] = (),
+    outcome_reader: Callable[[], AIOKafkaConsumer] | None = None,
 ) -> AsyncIterator[Worker]:
     """A running worker; on exit it finishes its tasks and stops polling.
 
@@ -77,7 +78,11 @@ async def open_worker(
     callbacks: callbacks then come only from producers of the callbacks topic.
     """
     outcome_activities = OutcomeActivities(
-        producer, topic=outcomes_topic, codec=codec or Codec(), metrics=metrics
+        producer,
+        topic=outcomes_topic,
+        codec=codec or Codec(),
+        metrics=metrics,
+        reader=outcome_reader,
     )
     gateway = gateway or SimulatedGateway()
     # Ledger calls are short blocking SQLite calls: a small thread pool runs them.
