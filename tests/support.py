@@ -30,7 +30,7 @@ from bridge.events import (
     payment_workflow_id,
 )
 from bridge.kafka import consumer as kafka_consumer
-from bridge.kafka import idempotent_producer
+from bridge.kafka import idempotent_producer, outcome_reader
 from bridge.metrics import WorkerMetrics
 from bridge.service import open_bridge
 from bridge.settings import Settings
@@ -159,6 +159,7 @@ async def running_worker(
             metrics=WorkerMetrics(stack.registry),
             gateway=simulator,
             notifications=notifications,
+            outcome_reader=outcome_reader(stack.settings),
         ):
             yield simulator
     finally:
@@ -242,7 +243,7 @@ class Harness:
         self, payment: PaymentCreated, phase: PaymentPhase, *, step: str | None = None
     ) -> PaymentState:
         """Poll the ``status`` query until the payment is in ``phase`` (and took ``step``)."""
-        for _ in range(300):
+        for _ in range(600):
             try:
                 state = await self.state(payment)
             except RPCError:
