@@ -12,12 +12,19 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from bridge.events import OutcomeStatus
-from tests.support import Harness, time_skipping_worker
+from bridge.events import CallbackStatus, OutcomeStatus
+from tests.support import GATEWAY_SECRET, Harness, payment, time_skipping_worker
 from workflows.admin import register_search_attributes
+from workflows.gateway import GatewayBehaviour, signed_callback
 from workflows.ledger import DEMO_BALANCE_MINOR, Ledger
-from workflows.recurring import recurring_workflow_id
-from workflows.shared import RecurringCancelSignal, RecurringInput, RecurringState
+from workflows.recurring import recurring_workflow_id, term_payment_id
+from workflows.shared import (
+    GatewayCallbackSignal,
+    PaymentPhase,
+    RecurringCancelSignal,
+    RecurringInput,
+    RecurringState,
+)
 
 MONTH = timedelta(days=30)
 
@@ -54,7 +61,7 @@ async def start(harness: Harness, terms: RecurringInput) -> WorkflowHandle[objec
 
 
 async def charges(handle: WorkflowHandle[object, RecurringState], count: int) -> RecurringState:
-    for _ in range(200):
+    for _ in range(600):
         state = await handle.query("status", result_type=RecurringState)
         if len(state.charges) >= count:
             return state
@@ -103,11 +110,29 @@ async def test_cancel_after_term_three_leaves_exactly_three_charges(
     assert len(harness.outcomes) == 3
 
 
-async def test_cancel_during_a_term_lets_that_term_finish(harness: Harness) -> None:
-    terms = contract(12)
-    handle = await start(harness, terms)
-    # The cancel arrives while term 1's payment may still run: term 1 completes, no term 2.
-    await handle.signal("cancel", RecurringCancelSignal())
-    state = await handle.result()
-    assert [c.term for c in state.charges] == [1]
-    assert state.charges[0].status == OutcomeStatus.SUCCEEDED
+async def test_cancel_during_a_term_lets_that_term_finish(
+    time_skipping: WorkflowEnvironment, ledger: Ledger
+) -> None:
+    silent = GatewayBehaviour(callbacks=False)
+    async with time_skipping_worker(time_skipping.client, ledger, gateway=silent) as harness:
+        terms = contract(12)
+        handle = await start(harness, terms)
+        term_one = payment(0, payment_id=term_payment_id(terms.subscription_id, 1))
+        await harness.wait_for(term_one, PaymentPhase.AWAITING_CALLBACK)
+        # The contract is cancelled while term 1 waits for its gateway callback ...
+        await handle.signal("cancel", RecurringCancelSignal())
+        await harness.client.get_workflow_handle(f"payment-{term_one.payment_id}").signal(
+            "gateway_callback",
+            GatewayCallbackSignal(
+                callback=signed_callback(
+                    payment_id=term_one.payment_id,
+                    gateway_ref=f"gw-{term_one.payment_id}",
+                    status=CallbackStatus.AUTHORIZED,
+                    secret=GATEWAY_SECRET,
+                )
+            ),
+        )
+        state = await handle.result()
+    # ... and term 1 still completes; no term 2 follows.
+    assert [(c.term, c.status) for c in state.charges] == [(1, OutcomeStatus.SUCCEEDED)]
+    assert ledger.balance("acct-0042", "EUR") == DEMO_BALANCE_MINOR - 2_999

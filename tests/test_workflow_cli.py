@@ -12,10 +12,11 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest_asyncio
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from bridge.events import OutcomeStatus
@@ -47,6 +48,16 @@ async def harness(time_skipping: WorkflowEnvironment, ledger: Ledger) -> AsyncIt
     await register_search_attributes(time_skipping.client, time_skipping.client.namespace)
     async with time_skipping_worker(time_skipping.client, ledger) as running:
         yield running
+
+
+async def charged(handle: WorkflowHandle[Any, RecurringState], terms: int) -> None:
+    """Wait (real time: the clock is not skipping now) until ``terms`` terms are charged."""
+    for _ in range(600):
+        state = await handle.query("status", result_type=RecurringState)
+        if len(state.charges) >= terms:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"only {len(state.charges)} terms charged, expected {terms}")
 
 
 def address_of(client: Client) -> str:
@@ -103,17 +114,9 @@ async def test_recurring_from_the_command_line(
     handle = harness.client.get_workflow_handle(
         recurring_workflow_id(sub), result_type=RecurringState
     )
-    for _ in range(100):
-        state = await handle.query("status", result_type=RecurringState)
-        if state.charges:
-            break
-        await asyncio.sleep(0.05)
+    await charged(handle, 1)
     await time_skipping.sleep(timedelta(days=30))
-    for _ in range(100):
-        state = await handle.query("status", result_type=RecurringState)
-        if len(state.charges) == 2:
-            break
-        await asyncio.sleep(0.05)
+    await charged(handle, 2)
     code, out, err = await cli(address, "recurring", "cancel", sub)
     assert code == 0, err
     final = await handle.result()
