@@ -51,6 +51,7 @@ def register(group: click.Group) -> None:
     "--mix",
     "mix_text",
     default="",
+    show_default=False,
     help="Shares by intent, e.g. 'decline=0.1,cancel=0.05,timeout=0.01' or 'none'. "
     "Names: unknown_account, unsupported_currency, decline, gateway_error, cancel, timeout, "
     "json. [default: unknown_account=0.03, unsupported_currency=0.02, decline=0.05, "
@@ -196,7 +197,11 @@ def _position(offset: int | None, when: str | None, what: str) -> Any:
 @click.option("--until", default=None, help="Stop at the first record at/after this time.")
 @click.option("--rate", type=click.FloatRange(min=0), default=0.0, help="Records/s; 0: flat out.")
 @click.option(
-    "--rewrite-ids", "suffix", default=None, help="Append SUFFIX to every id: fresh load."
+    "--rewrite-ids",
+    "suffix",
+    default=None,
+    metavar="SUFFIX",
+    help="Append SUFFIX to every id: fresh load.",
 )
 @click.option(
     "--gateway-secret",
@@ -215,7 +220,7 @@ def _position(offset: int | None, when: str | None, what: str) -> Any:
     default=None,
     metavar="TIME",
     help="Other mode: rewind the bridge's consumer group to TIME on the input topics "
-    "(or --partition of --from) instead of copying. Refused while the group has members.",
+    "(or on --from only) instead of copying. Refused while the group has members.",
 )
 @click.option("--dry-run", is_flag=True, help="Say what would be copied (or reset), do nothing.")
 @settings_options(KAFKA_FLAGS, (("consumer_group", "--consumer-group", "group to reset"),))
