@@ -204,6 +204,12 @@ def _position(offset: int | None, when: str | None, what: str) -> Any:
     help="Append SUFFIX to every id: fresh load.",
 )
 @click.option(
+    "--refresh-timestamps",
+    is_flag=True,
+    help="With --rewrite-ids: move the events' timestamps (created_at...) by one shift so that "
+    "the first record copied looks produced now.",
+)
+@click.option(
     "--gateway-secret",
     envvar="PAYBRIDGE_GATEWAY_SECRET",
     default=None,
@@ -235,6 +241,7 @@ def replay(
     until: str | None,
     rate: float,
     suffix: str | None,
+    refresh_timestamps: bool,
     gateway_secret: str | None,
     keep_signatures: bool,
     reset_group_to: str | None,
@@ -269,7 +276,15 @@ def replay(
         from bridge.codec import Codec
 
         secret = None if keep_signatures else gateway_secret
-        rewrite = Rewriter(event_type, suffix, codec=Codec(), secret=secret)
+        rewrite = Rewriter(
+            event_type,
+            suffix,
+            codec=Codec(),
+            secret=secret,
+            refresh_timestamps=refresh_timestamps,
+        )
+    elif refresh_timestamps:
+        raise click.UsageError("--refresh-timestamps goes with --rewrite-ids")
     plan = run_async(
         plan_replay(
             settings,

@@ -24,6 +24,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -32,7 +33,13 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from bridge.codec import HEADER_LEN, JSON_CONTENT_TYPE, MAGIC, Codec
 from bridge.errors import DecodeError, PaybridgeError
-from bridge.events import Event, GatewayCallback, PaymentCancelRequested, PaymentCreated
+from bridge.events import (
+    Event,
+    GatewayCallback,
+    PaymentCancelRequested,
+    PaymentCreated,
+    from_millis,
+)
 from bridge.kafka import client_kwargs, idempotent_producer
 from bridge.kafka import consumer as kafka_consumer
 from bridge.settings import Settings
@@ -132,12 +139,22 @@ async def resolve_ranges(
     ]
 
 
-def rewrite_event(event: Event, suffix: str, *, secret: str | None) -> Event:
-    """``event`` with the suffix on its ids (and re-signed, for a callback, with ``secret``)."""
+TIMESTAMP_FIELDS = ("created_at", "occurred_at", "requested_at")
+
+
+def rewrite_event(
+    event: Event, suffix: str, *, secret: str | None, shift: timedelta | None = None
+) -> Event:
+    """``event`` with the suffix on its ids, its timestamps moved by ``shift`` (if given), and
+    re-signed with ``secret`` if it is a callback (the signature covers ids and occurred_at)."""
     updates: dict[str, Any] = {
         "event_id": event.event_id + suffix,
         "payment_id": event.payment_id + suffix,
     }
+    if shift is not None:
+        for name in TIMESTAMP_FIELDS:
+            if hasattr(event, name):
+                updates[name] = getattr(event, name) + shift
     if isinstance(event, PaymentCreated) and SUBSCRIPTION_KEY in event.metadata:
         updates["metadata"] = {
             **event.metadata,
@@ -159,22 +176,37 @@ def _is_json(headers: Sequence[tuple[str, bytes]]) -> bool:
 
 
 class Rewriter:
-    """Decodes a record, rewrites its ids, and encodes it back in the encoding it came in."""
+    """Decodes a record, rewrites its ids, and encodes it back in the encoding it came in.
+
+    With ``refresh_timestamps`` the events' own timestamps move by one fixed shift: the time
+    between the first record copied (its Kafka timestamp) and the moment it is copied. Spacing
+    is kept, and a replayed payment looks created now (its end-to-end latency means something).
+    """
 
     def __init__(
-        self, event_type: type[Event], suffix: str, *, codec: Codec, secret: str | None
+        self,
+        event_type: type[Event],
+        suffix: str,
+        *,
+        codec: Codec,
+        secret: str | None,
+        refresh_timestamps: bool = False,
     ) -> None:
         self.event_type = event_type
         self.suffix = suffix
         self.codec = codec
         self.secret = secret
+        self.refresh_timestamps = refresh_timestamps
+        self.shift: timedelta | None = None
 
     def __call__(
         self, record: ConsumerRecord[bytes, bytes]
     ) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
         headers = list(record.headers or ())
         event = self.codec.decode(self.event_type, record.value, headers=headers)
-        new = rewrite_event(event, self.suffix, secret=self.secret)
+        if self.refresh_timestamps and self.shift is None:
+            self.shift = datetime.now(UTC) - from_millis(record.timestamp)
+        new = rewrite_event(event, self.suffix, secret=self.secret, shift=self.shift)
         if _is_json(headers):
             value = self.codec.encode_json(new)
         else:

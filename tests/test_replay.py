@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
@@ -174,6 +174,9 @@ def test_rewritten_callbacks_are_re_signed_only_with_a_secret() -> None:
     assert signed.signature_valid("s3")
     stale = rewrite_event(callback, "-x", secret=None)
     assert isinstance(stale, GatewayCallback) and not stale.signature_valid("s3")
+    later = rewrite_event(callback, "-x", secret="s3", shift=timedelta(hours=1))
+    assert isinstance(later, GatewayCallback) and later.signature_valid("s3")
+    assert later.occurred_at == callback.occurred_at + timedelta(hours=1)
 
 
 def test_rewrite_keeps_the_encoding_and_the_subscription(settings: Settings) -> None:
@@ -181,6 +184,10 @@ def test_rewrite_keeps_the_encoding_and_the_subscription(settings: Settings) -> 
     original = payment(5, metadata={"subscription_id": "sub-1", "term": "2"})
     rewrite = Rewriter(PaymentCreated, "-z", codec=codec, secret=None)
     key, value, headers = rewrite(_record(codec.encode(original), []))
+    fresh = Rewriter(PaymentCreated, "-f", codec=codec, secret=None, refresh_timestamps=True)
+    _, refreshed, _ = fresh(_record(codec.encode(original), []))
+    moved = codec.decode(PaymentCreated, refreshed).created_at - original.created_at
+    assert moved > timedelta(days=365 * 50)  # the test record's Kafka timestamp is 0 (1970)
     assert key == (original.payment_id + "-z").encode() and headers == []
     assert value[:HEADER_LEN] == codec.encode(original)[:HEADER_LEN]
     event = codec.decode(PaymentCreated, value)
