@@ -55,6 +55,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 from temporalio.client import Client
+from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 
 from bridge.devstack import open_dev_stack
 from bridge.loadgen import LoadConfig, Sender, run_load
@@ -210,6 +211,7 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
         TEMPORAL_ADDRESS=f"127.0.0.1:{free_port()}",
         PAYBRIDGE_METRICS_PORT=free_port(),
+        PAYBRIDGE_SDK_METRICS_PORT=0,  # no second runtime: the quiet default one below
     )
     host = machine()
     print(f"machine: {host['nproc']} CPUs, {host['cpu']}, load {host['load_average_at_start']}")
@@ -406,6 +408,10 @@ def main() -> None:
         if getattr(args, name) is None:
             setattr(args, name, value)
     logging.basicConfig(level=logging.WARNING)
+    # The SDK core writes its warnings to stdout; at saturation it warns about every slow
+    # workflow task ("exceeded 5 seconds"), which would bury the figures.
+    quiet = LoggingConfig(filter=TelemetryFilter(core_level="ERROR", other_level="ERROR"))
+    Runtime.set_default(Runtime(telemetry=TelemetryConfig(logging=quiet)))
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
     started = time.monotonic()
     result = asyncio.run(benchmark(args))
