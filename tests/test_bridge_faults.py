@@ -13,23 +13,27 @@ import os
 import random
 import time
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 
 from bridge.codec import MAGIC, Codec
-from bridge.events import GatewayCallback, PaymentOutcome
+from bridge.events import CallbackStatus, GatewayCallback, PaymentCreated, PaymentOutcome
 from bridge.producing import encode_record
 from bridge.settings import Settings
 from tests.bridge_process import BridgeProcess
 from tests.servers import Server
 from tests.support import (
+    GATEWAY_SECRET,
     Stack,
     count_workflows,
+    metric,
     payment,
     produce_raw,
     read_topic,
     running_bridge,
     running_worker,
 )
+from workflows.gateway import GatewayBehaviour, signed_callback
 
 JSON = [("content-type", b"application/json")]
 
@@ -41,6 +45,31 @@ def assert_once_each(outcomes: list[PaymentOutcome], payment_ids: set[str]) -> N
     assert not duplicated, f"{len(duplicated)} payments with several outcomes: {duplicated}"
     assert not missing, f"{len(missing)} payments without outcome, e.g. {sorted(missing)[:5]}"
     assert set(counts) == payment_ids
+
+
+async def where_are(stack: Stack, payment_ids: set[str]) -> str:
+    """The state of a few payments, for a failure message."""
+    from workflows.shared import PaymentState
+
+    lines = []
+    for pid in sorted(payment_ids)[:3]:
+        handle = stack.client.get_workflow_handle(f"payment-{pid}")
+        try:
+            state = await handle.query("status", result_type=PaymentState)
+            steps = ", ".join(f"{s.name}@{s.at:%H:%M:%S}" for s in state.steps)
+            lines.append(f"{pid}: {state.status.value} [{steps}]")
+        except Exception as exc:
+            lines.append(f"{pid}: {exc!r}")
+    return "\n".join(lines)
+
+
+async def check_once_each(
+    stack: Stack, outcomes: list[PaymentOutcome], payment_ids: set[str]
+) -> None:
+    missing = payment_ids - {o.payment_id for o in outcomes}
+    if missing:
+        print(await where_are(stack, missing))
+    assert_once_each(outcomes, payment_ids)
 
 
 async def outcomes_of(settings: Settings, expect: int, timeout: float) -> list[PaymentOutcome]:
@@ -212,7 +241,7 @@ async def test_two_bridge_processes_share_the_partitions(stack: Stack, tmp_path:
             ]
         finally:
             codes = [b.stop() for b in bridges]
-    assert_once_each(outcomes, {p.payment_id for p in payments})
+    await check_once_each(stack, outcomes, {p.payment_id for p in payments})
     assert all(n > 0 for n in starts), f"a bridge took no work: {starts}"
     assert sum(starts) == len(payments)
     assert codes == [0, 0]
@@ -277,4 +306,90 @@ async def test_temporal_outage_loses_nothing(
     assert retries > 0
     assert dead == 0
     assert_once_each(outcomes, {p.payment_id for p in payments})
+    assert await settled_count(stack, len(payments)) == len(payments)
+
+
+def callback_for(
+    p: PaymentCreated, status: CallbackStatus = CallbackStatus.AUTHORIZED
+) -> GatewayCallback:
+    return signed_callback(
+        payment_id=p.payment_id,
+        gateway_ref=f"gw-{p.payment_id}",
+        status=status,
+        secret=GATEWAY_SECRET,
+    )
+
+
+async def callbacks_applied(stack: Stack, payment_id: str) -> int:
+    from workflows.shared import PaymentState
+
+    handle = stack.client.get_workflow_handle(f"payment-{payment_id}")
+    state = await handle.query("status", result_type=PaymentState)
+    return sum(1 for step in state.steps if step.name == "gateway callback")
+
+
+async def test_callback_before_its_payment_is_applied(stack: Stack) -> None:
+    settings, codec = stack.settings, Codec()
+    early, never = payment(1), payment(2)
+    silent = GatewayBehaviour(callbacks=False)  # the only callbacks are the ones produced here
+    async with running_worker(stack, gateway=silent), running_bridge(stack):
+        await produce_raw(
+            settings,
+            settings.topic_callbacks,
+            [
+                (early.payment_id.encode(), codec.encode(callback_for(early)), []),
+                (never.payment_id.encode(), codec.encode(callback_for(never)), []),
+            ],
+        )
+        await asyncio.sleep(2)  # the callbacks are consumed and wait for their payments
+        await produce_raw(settings, settings.topic_payments, [encode_record(codec, early)])
+        outcomes = await outcomes_of(settings, 1, timeout=60)
+        dead = await read_topic(settings, settings.topic_dlq, expect=1, timeout=30)
+        applied = await callbacks_applied(stack, early.payment_id)
+    assert [(o.payment_id, o.status.value) for o in outcomes] == [(early.payment_id, "SUCCEEDED")]
+    assert applied == 1
+    # A callback whose payment never came is dead-lettered after PAYBRIDGE_ORPHAN_TIMEOUT (5 s).
+    assert [r.key for r in dead] == [never.payment_id.encode()]
+    assert dict(dead[0].headers)["dlq.reason"] == b"orphan"
+    assert (
+        metric(
+            stack.registry,
+            "paybridge_dlq_records_total",
+            topic=settings.topic_callbacks,
+            reason="orphan",
+        )
+        == 1
+    )
+
+
+async def test_every_record_twice_shuffled_gives_each_payment_once(stack: Stack) -> None:
+    settings = stack.settings.model_copy(update={"orphan_timeout": timedelta(minutes=2)})
+    stack = Stack(settings=settings, client=stack.client, ledger=stack.ledger)
+    codec, rng = Codec(), random.Random(500)
+    payments = [payment(n) for n in range(500)]
+    created = [encode_record(codec, p, as_json=n % 2 == 0) for n, p in enumerate(payments)]
+    callbacks = [(p.payment_id.encode(), codec.encode(callback_for(p)), []) for p in payments]
+    created, callbacks = created * 2, callbacks * 2
+    rng.shuffle(created)
+    rng.shuffle(callbacks)
+    silent = GatewayBehaviour(callbacks=False)
+    async with running_worker(stack, gateway=silent), running_bridge(stack):
+        await asyncio.gather(
+            produce_raw(settings, settings.topic_callbacks, callbacks),
+            produce_raw(settings, settings.topic_payments, created),
+        )
+        outcomes = await outcomes_of(settings, len(payments), timeout=300)
+        await check_once_each(stack, outcomes, {p.payment_id for p in payments})
+        applied = Counter([await callbacks_applied(stack, p.payment_id) for p in payments[::10]])
+        signalled = metric(
+            stack.registry, "paybridge_signals_total", signal="gateway_callback", result="signalled"
+        )
+        closed = metric(
+            stack.registry, "paybridge_signals_total", signal="gateway_callback", result="closed"
+        )
+    assert {o.status.value for o in outcomes} == {"SUCCEEDED"}
+    assert applied == {1: len(payments[::10])}  # each callback applied once, copies ignored
+    assert signalled + closed == 2 * len(payments)  # both copies delivered, none dead-lettered
+    assert metric(stack.registry, "paybridge_workflow_starts_total", result="started") == 500
+    assert metric(stack.registry, "paybridge_workflow_starts_total", result="deduplicated") == 500
     assert await settled_count(stack, len(payments)) == len(payments)
