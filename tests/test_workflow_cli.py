@@ -4,8 +4,10 @@ as an operator runs them (subprocesses), against the time-skipping server and th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -17,14 +19,21 @@ from typing import Any
 import pytest_asyncio
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from bridge.events import OutcomeStatus
+from bridge.devstack import DEV_GATEWAY_SECRET
+from bridge.events import CallbackStatus, OutcomeStatus, PaymentOutcome
+from bridge.processes import free_port
+from bridge.producing import read_outcomes, send_events
+from bridge.settings import Settings
+from bridge.temporal import connect
 from tests.support import Harness, payment, time_skipping_worker
 from workflows.admin import register_search_attributes
+from workflows.gateway import signed_callback
 from workflows.ledger import DEMO_BALANCE_MINOR, Ledger
 from workflows.recurring import recurring_workflow_id
-from workflows.shared import PaymentPhase, RecurringState
+from workflows.shared import PaymentPhase, PaymentState, RecurringState
 
 PAYBRIDGE = str(Path(sys.executable).parent / "paybridge")
 
@@ -139,3 +148,65 @@ async def test_namespace_register(client: Client) -> None:
     code, out, err = await cli(address, "namespace", "register", "--temporal-namespace", name)
     assert code == 0, err
     assert "exists" in out and "none (all present)" in out
+
+
+async def test_dev_stack_without_simulator_waits_for_real_callbacks(tmp_path: Path) -> None:
+    """`paybridge dev --no-simulator`: the payment waits until a producer of
+    gateway.callbacks answers (signed with the dev secret); no answer times out."""
+    kafka, temporal, metrics = free_port(), free_port(), free_port()
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{kafka}",
+        "TEMPORAL_ADDRESS": f"127.0.0.1:{temporal}",
+        "PAYBRIDGE_METRICS_PORT": str(metrics),
+        "PAYBRIDGE_SDK_METRICS_PORT": "0",
+        "PAYBRIDGE_CALLBACK_TIMEOUT": "4s",
+    }
+    settings = Settings(
+        KAFKA_BOOTSTRAP_SERVERS=env["KAFKA_BOOTSTRAP_SERVERS"],
+        TEMPORAL_ADDRESS=env["TEMPORAL_ADDRESS"],
+    )
+    dev = await asyncio.create_subprocess_exec(
+        PAYBRIDGE,
+        "dev",
+        "--no-simulator",
+        "--data-dir",
+        str(tmp_path / "dev"),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert dev.stdout is not None
+        while (line := await asyncio.wait_for(dev.stdout.readline(), 60)) != b"ready\n":
+            assert line, "paybridge dev exited before it was ready"
+        answered, silent = payment(41), payment(42)
+        await send_events(settings, settings.topic_payments, [answered, silent])
+        client = await connect(settings)
+        handle = client.get_workflow_handle(f"payment-{answered.payment_id}")
+        for _ in range(100):
+            with contextlib.suppress(RPCError):
+                state = await handle.query("status", result_type=PaymentState)
+                if state.status == PaymentPhase.AWAITING_CALLBACK:
+                    break
+            await asyncio.sleep(0.1)
+        callback = signed_callback(
+            payment_id=answered.payment_id,
+            gateway_ref=f"gw-{answered.payment_id}",
+            status=CallbackStatus.AUTHORIZED,
+            secret=DEV_GATEWAY_SECRET,
+        )
+        await send_events(settings, settings.topic_callbacks, [callback])
+        outcomes: dict[str, PaymentOutcome] = {}
+        for _ in range(100):
+            await read_outcomes(settings, lambda o: outcomes.setdefault(o.payment_id, o))
+            if len(outcomes) == 2:
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        dev.send_signal(signal.SIGINT)
+        await asyncio.wait_for(dev.wait(), 60)
+    assert outcomes[answered.payment_id].status == OutcomeStatus.SUCCEEDED
+    assert outcomes[silent.payment_id].status == OutcomeStatus.TIMED_OUT
+    notified = (tmp_path / "dev" / "notifications.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["status"] for line in notified) == ["SUCCEEDED", "TIMED_OUT"]
