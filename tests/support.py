@@ -83,7 +83,7 @@ async def produce_raw(
 
 
 async def read_topic(
-    settings: Settings, topic: str, *, expect: int, timeout: float = 60.0
+    settings: Settings, topic: str, *, expect: int, timeout: float = 300.0
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """Read ``topic`` from the start until ``expect`` records arrived (or time ran out),
     then a little longer to catch any extra (duplicate) record."""
@@ -111,7 +111,7 @@ async def read_topic(
 
 
 async def read_outcomes(
-    settings: Settings, *, expect: int, timeout: float = 60.0
+    settings: Settings, *, expect: int, timeout: float = 300.0
 ) -> list[PaymentOutcome]:
     codec = Codec()
     records = await read_topic(settings, settings.topic_outcomes, expect=expect, timeout=timeout)

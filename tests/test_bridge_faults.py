@@ -152,7 +152,7 @@ async def drain(
             produce_raw(settings, settings.topic_payments, mixed),
             produce_raw(settings, settings.topic_callbacks, forged),
         )
-        outcomes = await outcomes_of(settings, len(good), timeout=120)
+        outcomes = await outcomes_of(settings, len(good), timeout=300)
         elapsed = time.monotonic() - started
     return elapsed, outcomes
 
@@ -235,7 +235,7 @@ async def test_two_bridge_processes_share_the_partitions(stack: Stack, tmp_path:
             await produce_raw(
                 settings, settings.topic_payments, [encode_record(codec, p) for p in payments]
             )
-            outcomes = await outcomes_of(settings, len(payments), timeout=120)
+            outcomes = await outcomes_of(settings, len(payments), timeout=300)
             starts = [
                 await b.sample("paybridge_workflow_starts_total", result="started") for b in bridges
             ]

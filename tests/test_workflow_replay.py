@@ -19,7 +19,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from workflows.payment import SAGA_PATCH
-from workflows.worker import FRAUD_WORKFLOWS, WORKFLOWS
+from workflows.worker import FRAUD_WORKFLOWS, SANDBOX, WORKFLOWS
 
 HISTORIES = Path(__file__).parent / "histories"
 SLICE = sorted(HISTORIES.glob("payment_slice_*.json"))
@@ -33,7 +33,9 @@ def load(path: Path) -> WorkflowHistory:
 
 def replayer() -> Replayer:
     return Replayer(
-        workflows=[*WORKFLOWS, *FRAUD_WORKFLOWS], data_converter=pydantic_data_converter
+        workflows=[*WORKFLOWS, *FRAUD_WORKFLOWS],
+        data_converter=pydantic_data_converter,
+        workflow_runner=SANDBOX,  # the worker's own sandbox settings
     )
 
 
