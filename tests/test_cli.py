@@ -84,6 +84,7 @@ def test_dev_stack_runs_a_payment_and_stops_cleanly(tmp_path: Path, stop_signal:
         "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{kafka}",
         "TEMPORAL_ADDRESS": f"127.0.0.1:{temporal}",
         "PAYBRIDGE_METRICS_PORT": str(metrics),
+        "PAYBRIDGE_SDK_METRICS_PORT": str(free_port()),
     }
     started = time.monotonic()
     dev = subprocess.Popen(
