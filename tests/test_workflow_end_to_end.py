@@ -104,8 +104,9 @@ def start_worker_process(
     env = cli_env(stack.settings)
     env["PAYBRIDGE_METRICS_PORT"] = str(free_port())
     env["PAYBRIDGE_SDK_METRICS_PORT"] = "0"
+    env["PAYBRIDGE_GATEWAY_SECRET"] = GATEWAY_SECRET
     process = subprocess.Popen(
-        [PAYBRIDGE, "worker", "--ledger", stack.ledger.path],
+        [PAYBRIDGE, "worker", "--no-simulator", "--ledger", stack.ledger.path],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
