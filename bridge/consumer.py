@@ -77,6 +77,7 @@ class Bridge:
         max_inflight: int = 1000,
         commit_interval: float = 1.0,
         grace: float = 10.0,
+        revoke_grace: float = 3.0,
     ) -> None:
         self.consumer = consumer
         self.routes = dict(routes)
@@ -86,6 +87,9 @@ class Bridge:
         self.max_inflight = max_inflight
         self.commit_interval = commit_interval
         self.grace = grace
+        # A revoke callback that runs long holds up the whole group's rebalance (and nears
+        # the session timeout); abandoned records are redelivered and deduplicated anyway.
+        self.revoke_grace = revoke_grace
         self.assigned = asyncio.Event()
         self._offsets: dict[TopicPartition, PartitionOffsets] = {}
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = defaultdict(set)
@@ -279,7 +283,9 @@ class Bridge:
         """Finish (within the grace period) or abandon work on ``partitions``, then commit."""
         tasks = {task for tp in partitions for task in self._tasks.get(tp, ())}
         if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=self.grace if grace is None else grace)
+            _, pending = await asyncio.wait(
+                tasks, timeout=self.revoke_grace if grace is None else grace
+            )
             for task in pending:
                 task.cancel()
             if pending:

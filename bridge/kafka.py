@@ -10,7 +10,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from bridge.settings import Settings
 
@@ -98,6 +98,26 @@ def _no_records(response: Any) -> bool:
             if data and data[-1]:
                 return False
     return True
+
+
+async def start_when_reachable(client: Any, settings: Settings, *, what: str) -> None:
+    """Start an aiokafka client, waiting (and saying so) while Kafka cannot be reached, so that
+    a process started during a broker restart waits for it instead of exiting."""
+    delay = 0.5
+    while True:
+        try:
+            await client.start()
+            return
+        except KafkaConnectionError as exc:
+            log.warning(
+                "%s: Kafka at %s (KAFKA_BOOTSTRAP_SERVERS) not reachable (%s); retrying in %.1fs",
+                what,
+                settings.kafka_bootstrap_servers,
+                exc,
+                delay,
+            )
+            await asyncio.sleep(delay)  # a stopped aiokafka client cannot start again: retry
+            delay = min(delay * 2, 10.0)
 
 
 def topic_specs(settings: Settings) -> dict[str, int]:

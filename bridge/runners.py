@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from temporalio.client import Client
 from temporalio.runtime import Runtime
 
-from bridge.kafka import idempotent_producer, outcome_reader
+from bridge.kafka import idempotent_producer, outcome_reader, start_when_reachable
 from bridge.metrics import MetricsServer, WorkerMetrics
 from bridge.service import open_bridge
 from bridge.settings import Settings
@@ -87,7 +87,7 @@ async def run_worker(
             MetricsServer(registry, host="0.0.0.0", port=settings.metrics_port),
         ):
             client = await connect_with_retry(settings, runtime=sdk_metrics_runtime(settings))
-            await producer.start()
+            await start_when_reachable(producer, settings, what="outcome producer")
             gateway = simulated_gateway(settings, producer, secret=secret, callbacks=simulator)
             try:
                 async with open_worker(

@@ -15,7 +15,7 @@ from bridge.codec import Codec
 from bridge.consumer import Bridge
 from bridge.dlq import DeadLetters
 from bridge.kafka import consumer as kafka_consumer
-from bridge.kafka import idempotent_producer
+from bridge.kafka import idempotent_producer, start_when_reachable
 from bridge.metrics import BridgeMetrics, MetricsServer, ReadyCheck
 from bridge.routing import build_routes
 from bridge.settings import Settings
@@ -59,9 +59,9 @@ async def open_bridge(
     if server is not None:
         server.add_check("temporal", calls.reachable)
         server.add_check("kafka", _kafka_check(consumer))
-    await producer.start()
+    await start_when_reachable(producer, settings, what="DLQ producer")
     try:
-        await consumer.start()
+        await start_when_reachable(consumer, settings, what="consumer")
         try:
             yield bridge
         finally:
