@@ -300,6 +300,80 @@ def produce_payment(
         click.echo(f"{event.payment_id}  workflow {payment_workflow_id(event.payment_id)}")
 
 
+@produce.command("callback")
+@click.option("--payment-id", required=True, help="The payment the gateway answers for")
+@click.option(
+    "--status", type=click.Choice(["AUTHORIZED", "DECLINED", "ERROR"]), default="AUTHORIZED"
+)
+@click.option("--gateway-ref", default=None, help="Gateway reference [default: gw-PAYMENT_ID]")
+@click.option("--reason", default=None, help="Why (declines and errors)")
+@click.option("--event-id", default=None, help="Event id [default: random UUID]")
+@click.option("--occurred-at", default=None, help="ISO 8601 or epoch ms [default: now]")
+@click.option(
+    "--signature",
+    default=None,
+    help="Send this signature instead of signing (to try the bridge's check)",
+)
+@click.option("--json", "as_json", is_flag=True, help="Send JSON (content-type header) not Avro")
+@settings_options(CONNECTION_FLAGS[:2], (("topic_callbacks", "--topic", "topic"),))
+@_guard
+def produce_callback(
+    payment_id: str,
+    status: str,
+    gateway_ref: str | None,
+    reason: str | None,
+    event_id: str | None,
+    occurred_at: str | None,
+    signature: str | None,
+    as_json: bool,
+    **options: Any,
+) -> None:
+    """Produce a GatewayCallback, signed with PAYBRIDGE_GATEWAY_SECRET (HMAC-SHA256)."""
+    from bridge.events import GatewayCallback
+    from bridge.producing import send_events
+
+    settings = settings_from(options)
+    callback = GatewayCallback(
+        event_id=event_id or str(uuid.uuid4()),
+        payment_id=payment_id,
+        gateway_ref=gateway_ref or f"gw-{payment_id}",
+        status=status,
+        reason=reason,
+        occurred_at=_now_ms(occurred_at),
+        signature=signature or "",
+    )
+    if signature is None:
+        secret = settings.require_gateway_secret()
+        callback = callback.model_copy(update={"signature": callback.expected_signature(secret)})
+    run_async(send_events(settings, settings.topic_callbacks, [callback], as_json=as_json))
+    click.echo(f"{callback.event_id}  {status} for {payment_id}")
+
+
+@produce.command("cancel")
+@click.option("--payment-id", required=True, help="The payment to cancel")
+@click.option("--reason", default="requested by customer", help="Why (recorded in the outcome)")
+@click.option("--event-id", default=None, help="Event id [default: random UUID]")
+@click.option("--json", "as_json", is_flag=True, help="Send JSON (content-type header) not Avro")
+@settings_options(CONNECTION_FLAGS[:2], (("topic_cancels", "--topic", "topic"),))
+@_guard
+def produce_cancel(
+    payment_id: str, reason: str, event_id: str | None, as_json: bool, **options: Any
+) -> None:
+    """Produce a PaymentCancelRequested."""
+    from bridge.events import PaymentCancelRequested
+    from bridge.producing import send_events
+
+    settings = settings_from(options)
+    cancel = PaymentCancelRequested(
+        event_id=event_id or str(uuid.uuid4()),
+        payment_id=payment_id,
+        reason=reason,
+        requested_at=datetime.now(UTC),
+    )
+    run_async(send_events(settings, settings.topic_cancels, [cancel], as_json=as_json))
+    click.echo(f"{cancel.event_id}  cancel for {payment_id}")
+
+
 # -- reading -------------------------------------------------------------------------------
 
 

@@ -31,8 +31,25 @@ def run(
 def test_help_lists_commands() -> None:
     result = run("--help")
     assert result.returncode == 0
-    for command in ("dev", "bridge", "worker", "topics", "produce", "outcomes"):
+    for command in (
+        "dev",
+        "bridge",
+        "worker",
+        "topics",
+        "produce",
+        "outcomes",
+        "status",
+        "cancel",
+        "resolve",
+        "loadgen",
+        "replay",
+        "dlq",
+        "recurring",
+        "namespace",
+    ):
         assert command in result.stdout
+    produce = run("produce", "--help").stdout
+    assert all(kind in produce for kind in ("payment", "callback", "cancel"))
     assert "KAFKA_BOOTSTRAP_SERVERS" in run("dev", "--help").stdout
 
 
@@ -44,6 +61,11 @@ def test_help_lists_commands() -> None:
         ({"PAYBRIDGE_METRICS_PORT": "70000"}, ["dev"], "PAYBRIDGE_METRICS_PORT"),
         ({"PAYBRIDGE_GATEWAY_SECRET": ""}, ["bridge"], "PAYBRIDGE_GATEWAY_SECRET"),
         ({}, ["bridge", "--temporal-address", "x"], "TEMPORAL_ADDRESS"),
+        (
+            {"PAYBRIDGE_GATEWAY_SECRET": ""},
+            ["produce", "callback", "--payment-id", "p1"],
+            "PAYBRIDGE_GATEWAY_SECRET",
+        ),
     ],
 )
 def test_bad_setting_fails_naming_it(env: dict[str, str], args: list[str], named: str) -> None:

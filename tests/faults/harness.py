@@ -136,11 +136,20 @@ def make_payments(seed: int, count: int) -> list[PaymentCreated]:
     return payments
 
 
-def schedule(seed: int, faults: int, window: float) -> list[tuple[float, str]]:
+# The embedded broker stalls a consumer group for good when an offset commit lands while a
+# member joins (it answers IllegalGeneration where Kafka accepts the current generation's
+# commit, and aiokafka's rejoin then never completes; reproduced with two bare aiokafka
+# consumers). A bridge joining mid-run is therefore injected only against real Kafka.
+EMBEDDED_BROKER_SKIPS = frozenset({"rebalance"})
+
+
+def schedule(
+    seed: int, faults: int, window: float, *, skip: frozenset[str] = frozenset()
+) -> list[tuple[float, str]]:
     """``faults`` faults at random moments of ``window`` seconds, every kind at least once
     when there are enough of them; repeatable by seed."""
     rng = random.Random(seed * 7919)
-    kinds = list(FAULTS)
+    kinds = [kind for kind in FAULTS if kind not in skip]
     rng.shuffle(kinds)
     chosen = (kinds * (faults // len(kinds) + 1))[:faults]
     gap = window / (faults + 1)
@@ -261,8 +270,8 @@ async def why_lost(client: Client, payment_id: str) -> str:
         described = await client.get_workflow_handle(payment_workflow_id(payment_id)).describe()
     except RPCError:
         return (
-            "no workflow exists: its PaymentCreated record was passed (offset committed) "
-            "without Temporal accepting the start"
+            "no workflow exists: its PaymentCreated was never started "
+            "(its offset committed without a start, or never consumed)"
         )
     return f"workflow {described.status.name if described.status else '?'} but no outcome published"
 
@@ -346,7 +355,7 @@ async def run(
     for n, record in enumerate(bad):
         records.insert((n + 1) * len(records) // (len(bad) + 1), record)
     window = payments / rate
-    plan = plan if plan is not None else schedule(seed, faults, window)
+    plan = plan if plan is not None else schedule(seed, faults, window, skip=EMBEDDED_BROKER_SKIPS)
     wanted = {p.payment_id for p in batch}
 
     async with cluster(root) as made:
