@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import shutil
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from bridge.devstack import wait_for_temporal
 from bridge.kafka import create_topics
 from bridge.settings import Settings
 from tests import servers
-from tests.support import Stack
+from tests.support import Stack, isolated_settings
 from workflows.ledger import Ledger
 
 hypothesis_settings.register_profile("ci", max_examples=200, deadline=None, derandomize=True)
@@ -61,18 +60,8 @@ async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
 @pytest_asyncio.fixture(loop_scope="session")
 async def settings(kafka_server: servers.Server, temporal_server: servers.Server) -> Settings:
     """Settings of one test: its own topics, consumer group and task queue."""
-    tag = uuid.uuid4().hex[:10]
-    test_settings = Settings(
-        KAFKA_BOOTSTRAP_SERVERS=kafka_server.address,
-        TEMPORAL_ADDRESS=temporal_server.address,
-        PAYBRIDGE_CONSUMER_GROUP=f"paybridge-{tag}",
-        TEMPORAL_TASK_QUEUE=f"payments-{tag}",
-        PAYBRIDGE_TOPIC_PAYMENTS=f"payments.created-{tag}",
-        PAYBRIDGE_TOPIC_CALLBACKS=f"gateway.callbacks-{tag}",
-        PAYBRIDGE_TOPIC_CANCELS=f"payments.cancel-requested-{tag}",
-        PAYBRIDGE_TOPIC_OUTCOMES=f"payments.outcomes-{tag}",
-        PAYBRIDGE_TOPIC_DLQ=f"payments.dlq-{tag}",
-        PAYBRIDGE_ORPHAN_TIMEOUT="5s",
+    test_settings = isolated_settings(
+        kafka_server.address, temporal_server.address, PAYBRIDGE_ORPHAN_TIMEOUT="5s"
     )
     await create_topics(test_settings)
     return test_settings

@@ -49,6 +49,23 @@ from workflows.worker import WORKFLOWS, activities, fraud_worker, open_worker
 GATEWAY_SECRET = "test-secret"
 
 
+def isolated_settings(kafka: str, temporal: str, **extra: Any) -> Settings:
+    """Settings with topics, consumer group and task queue of their own (a random tag)."""
+    tag = uuid.uuid4().hex[:10]
+    return Settings(
+        KAFKA_BOOTSTRAP_SERVERS=kafka,
+        TEMPORAL_ADDRESS=temporal,
+        PAYBRIDGE_CONSUMER_GROUP=f"paybridge-{tag}",
+        TEMPORAL_TASK_QUEUE=f"payments-{tag}",
+        PAYBRIDGE_TOPIC_PAYMENTS=f"payments.created-{tag}",
+        PAYBRIDGE_TOPIC_CALLBACKS=f"gateway.callbacks-{tag}",
+        PAYBRIDGE_TOPIC_CANCELS=f"payments.cancel-requested-{tag}",
+        PAYBRIDGE_TOPIC_OUTCOMES=f"payments.outcomes-{tag}",
+        PAYBRIDGE_TOPIC_DLQ=f"payments.dlq-{tag}",
+        **extra,
+    )
+
+
 def payment(n: int = 0, **overrides: Any) -> PaymentCreated:
     """A valid payment on a demo account; ``overrides`` replace fields."""
     data: dict[str, Any] = {

@@ -45,7 +45,15 @@ from bridge.producing import encode_record
 from bridge.settings import Settings
 from bridge.temporal import connect, sdk_metrics_runtime
 from tests import servers
-from tests.support import Stack, payment, produce_raw, read_outcomes, running_bridge, running_worker
+from tests.support import (
+    Stack,
+    isolated_settings,
+    payment,
+    produce_raw,
+    read_outcomes,
+    running_bridge,
+    running_worker,
+)
 from workflows.ledger import Ledger
 
 HOST = "127.0.0.1"
@@ -179,19 +187,7 @@ class Run:
 
 
 def _settings(kafka: str, temporal: str) -> Settings:
-    tag = uuid.uuid4().hex[:10]
-    return Settings(
-        KAFKA_BOOTSTRAP_SERVERS=kafka,
-        TEMPORAL_ADDRESS=temporal,
-        PAYBRIDGE_SDK_METRICS_PORT=free_port(),
-        PAYBRIDGE_CONSUMER_GROUP=f"paybridge-{tag}",
-        TEMPORAL_TASK_QUEUE=f"payments-{tag}",
-        PAYBRIDGE_TOPIC_PAYMENTS=f"payments.created-{tag}",
-        PAYBRIDGE_TOPIC_CALLBACKS=f"gateway.callbacks-{tag}",
-        PAYBRIDGE_TOPIC_CANCELS=f"payments.cancel-requested-{tag}",
-        PAYBRIDGE_TOPIC_OUTCOMES=f"payments.outcomes-{tag}",
-        PAYBRIDGE_TOPIC_DLQ=f"payments.dlq-{tag}",
-    )
+    return isolated_settings(kafka, temporal, PAYBRIDGE_SDK_METRICS_PORT=free_port())
 
 
 async def _wave(settings: Settings, first: int, count: int) -> list[str]:
