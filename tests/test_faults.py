@@ -16,6 +16,8 @@ SEED = int(os.environ.get("PAYBRIDGE_FAULT_SEED", "1"))
 
 async def test_faults_lose_and_duplicate_nothing(tmp_path: Path) -> None:
     verdict = await run(tmp_path / "cluster", seed=SEED, payments=1000, faults=6, rate=25)
+    kinds = {fault.kind for fault in verdict.faults}
+    assert {"kill_worker", "restart_temporal", "restart_kafka"} <= kinds
     print(verdict.table_row())
     assert len(verdict.faults) >= 5
     assert verdict.ok, verdict.problems()
@@ -32,7 +34,7 @@ async def test_suite_catches_commits_moved_before_the_temporal_call(tmp_path: Pa
         rate=100,
         timeout=60,
         bridge_argv=unsafe,
-        plan=[(1.0, "kill_bridge_in_outage")],
+        plan=[(1.0, "restart_bridge_in_outage")],
     )
     assert not verdict.ok
     assert verdict.lost, "the suite did not notice payments lost by committing early"
