@@ -34,8 +34,6 @@ async def test_suite_catches_commits_moved_before_the_temporal_call(tmp_path: Pa
         rate=100,
         timeout=60,
         bridge_argv=unsafe,
-        # A graceful stop: the embedded broker's restart after a kill -9 (see harness) may rewind
-        # the group's offsets, which would redeliver the records this bug skips.
         plan=[(1.0, "restart_bridge_in_outage")],
     )
     assert not verdict.ok
