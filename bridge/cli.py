@@ -33,6 +33,12 @@ CONNECTION_FLAGS = (
 )
 BRIDGE_FLAGS = (
     ("consumer_group", "--consumer-group", "Kafka consumer group of the bridge"),
+    (
+        "group_instance_id",
+        "--group-instance-id",
+        "static group identity, one per bridge process: restarted after a crash, the bridge "
+        "takes its partitions back at once",
+    ),
     ("metrics_port", "--metrics-port", "port of /metrics, /healthz and /readyz"),
     ("max_inflight", "--max-inflight", "records in flight before fetching pauses"),
 )
@@ -179,7 +185,7 @@ def bridge_command(**options: Any) -> None:
     is_flag=True,
     help="The simulated gateway accepts authorisation requests but sends no callbacks.",
 )
-@settings_options(CONNECTION_FLAGS, (BRIDGE_FLAGS[1],))
+@settings_options(CONNECTION_FLAGS, tuple(f for f in BRIDGE_FLAGS if f[0] == "metrics_port"))
 @_guard
 def worker(ledger_path: Path, seed_demo_accounts: bool, no_simulator: bool, **options: Any) -> None:
     """Run a Temporal worker for the payment workflows and activities.

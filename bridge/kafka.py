@@ -69,6 +69,21 @@ def consumer(settings: Settings, *topics: str, **extra: Any) -> AIOKafkaConsumer
     return created
 
 
+async def stop_and_leave_group(created: AIOKafkaConsumer) -> None:
+    """Stop a group consumer and leave its group, also when it has a static identity.
+
+    A static member (``group_instance_id``) does not send LeaveGroup on close, so the group
+    keeps its partitions for it: on Kafka until ``session.timeout.ms`` passes, on the embedded
+    broker for good. A bridge stopped on purpose has committed what it finished, so it hands its
+    partitions over now; only a crashed bridge relies on its static id to take them back.
+    LeaveGroup by member id is valid for a static member (Kafka removes it and its instance id).
+    """
+    coordinator = getattr(created, "_coordinator", None)
+    if coordinator is not None:
+        coordinator._group_instance_id = None  # aiokafka has no close option for this
+    await created.stop()
+
+
 def outcome_reader(settings: Settings) -> Callable[[], AIOKafkaConsumer]:
     """Makes group-less consumers with which a retried outcome publish looks for its record."""
     return lambda: consumer(settings, enable_auto_commit=False)

@@ -15,7 +15,7 @@ from bridge.codec import Codec
 from bridge.consumer import Bridge
 from bridge.dlq import DeadLetters
 from bridge.kafka import consumer as kafka_consumer
-from bridge.kafka import idempotent_producer, start_when_reachable
+from bridge.kafka import idempotent_producer, start_when_reachable, stop_and_leave_group
 from bridge.metrics import BridgeMetrics, MetricsServer, ReadyCheck
 from bridge.routing import build_routes
 from bridge.settings import Settings
@@ -41,6 +41,7 @@ async def open_bridge(
     consumer = kafka_consumer(
         settings,
         group_id=settings.consumer_group,
+        group_instance_id=settings.group_instance_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         isolation_level="read_committed",
@@ -66,7 +67,7 @@ async def open_bridge(
             yield bridge
         finally:
             bridge.stop()
-            await consumer.stop()
+            await stop_and_leave_group(consumer)
     finally:
         await producer.stop()
 

@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     # The Temporal SDK's own metrics (worker task latencies, slots, failures); 0 turns them off.
     sdk_metrics_port: int = Field(9465, alias="PAYBRIDGE_SDK_METRICS_PORT", ge=0, le=65535)
     consumer_group: str = Field("paybridge", alias="PAYBRIDGE_CONSUMER_GROUP", min_length=1)
+    # Static group membership (Kafka's group.instance.id): a bridge restarted after a crash with
+    # the same id takes its partitions back at once instead of waiting for its old session to
+    # expire. Give each bridge process its own, stable id (a pod or host name); unset = dynamic.
+    group_instance_id: str | None = Field(
+        None, alias="PAYBRIDGE_GROUP_INSTANCE_ID", min_length=1, max_length=249
+    )
     max_inflight: int = Field(1000, alias="PAYBRIDGE_MAX_INFLIGHT", ge=1)
     callback_timeout: Duration = Field(timedelta(minutes=5), alias="PAYBRIDGE_CALLBACK_TIMEOUT")
     stale_retry_delay: Duration = Field(timedelta(minutes=30), alias="PAYBRIDGE_STALE_RETRY_DELAY")
