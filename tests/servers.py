@@ -18,14 +18,6 @@ from bridge.processes import ServerProcess, free_port
 
 HOST = "127.0.0.1"
 
-EMBEDDED_KAFKA = os.environ.get("PAYBRIDGE_TEST_KAFKA", "embedded") == "embedded"
-# See tests/faults/harness.py: the embedded broker never admits a consumer that replaces a
-# killed group member, so tests that need that run against real Kafka only.
-NEEDS_GROUP_FAILOVER = (
-    "the embedded broker does not evict a killed consumer-group member (Kafka does when its "
-    "session expires); run with PAYBRIDGE_TEST_KAFKA=testcontainers"
-)
-
 
 @dataclass
 class Server:

@@ -102,8 +102,14 @@ class Cluster:
         self.workers.append(member)
         return member
 
-    def add_bridge(self, argv: list[str] | None = None) -> Member:
-        member = self._member("bridge", argv or [PAYBRIDGE, "-v", "bridge"], {})
+    def add_bridge(self, argv: list[str] | None = None, *, instance: str = "main") -> Member:
+        """A bridge process. Its static group identity (``instance``) is what lets a bridge
+        restarted after ``kill -9`` replace the dead one at once: give a replacement the same."""
+        member = self._member(
+            "bridge",
+            argv or [PAYBRIDGE, "-v", "bridge"],
+            {"PAYBRIDGE_GROUP_INSTANCE_ID": f"bridge-{instance}"},
+        )
         member.start()
         self.bridges.append(member)
         return member

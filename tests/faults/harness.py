@@ -138,17 +138,6 @@ def make_payments(seed: int, count: int) -> list[PaymentCreated]:
     return payments
 
 
-# The embedded broker cannot replace a group member: a new consumer's join waits for as long as
-# a killed member is registered (Kafka evicts it when its session expires), and an offset commit
-# that lands while a member joins wedges the group (Kafka accepts the current generation's
-# commit). Both reproduced with bare aiokafka consumers. So on it, bridges restart gracefully
-# (SIGTERM: they leave the group) and `kill -9` of a bridge or a bridge joining mid-run is
-# injected only against real Kafka.
-EMBEDDED_BROKER_SKIPS = frozenset(
-    {"rebalance", "kill_bridge", "kill_both", "kill_bridge_in_outage"}
-)
-
-
 def schedule(
     seed: int, faults: int, window: float, *, skip: frozenset[str] = frozenset()
 ) -> list[tuple[float, str]]:
@@ -248,7 +237,7 @@ async def inject(made: Cluster, kind: str) -> None:
     elif kind == "restart_kafka":
         await made.restart_kafka(down_for=3)
     elif kind == "rebalance":
-        extra = made.add_bridge()
+        extra = made.add_bridge(instance="extra")
         await asyncio.sleep(8)
         extra.stop()
     elif kind == "restart_bridge":
@@ -371,7 +360,7 @@ async def run(
     for n, record in enumerate(bad):
         records.insert((n + 1) * len(records) // (len(bad) + 1), record)
     window = payments / rate
-    plan = plan if plan is not None else schedule(seed, faults, window, skip=EMBEDDED_BROKER_SKIPS)
+    plan = plan if plan is not None else schedule(seed, faults, window)
     wanted = {p.payment_id for p in batch}
 
     async with cluster(root) as made:
