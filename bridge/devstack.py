@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from temporalio.client import Client
 
 from bridge.errors import ConfigError, StackError
-from bridge.kafka import create_topics, idempotent_producer, outcome_reader
+from bridge.kafka import create_topics, outcome_reader, recovering_producer
 from bridge.metrics import MetricsServer, WorkerMetrics
 from bridge.processes import ServerProcess, find_binary, port_in_use
 from bridge.service import open_bridge
@@ -205,7 +205,10 @@ async def open_dev_stack(
         metrics_server = await stack.enter_async_context(
             MetricsServer(registry, host=HOST, port=settings.metrics_port)
         )
-        producer = idempotent_producer(settings)
+        worker_metrics = WorkerMetrics(registry)
+        producer = recovering_producer(
+            settings, what="outcome producer", on_replace=worker_metrics.producers_replaced.inc
+        )
         await producer.start()
         stack.push_async_callback(producer.stop)
         secret = (
@@ -232,7 +235,7 @@ async def open_dev_stack(
                 ledger=ledger,
                 producer=producer,
                 outcomes_topic=settings.topic_outcomes,
-                metrics=WorkerMetrics(registry),
+                metrics=worker_metrics,
                 gateway=gateway,
                 outcome_reader=outcome_reader(settings),
                 notifications=NotificationSink(root / "notifications.jsonl"),

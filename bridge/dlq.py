@@ -6,9 +6,10 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.structs import ConsumerRecord
+
+from bridge.kafka import RecordSender
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def dlq_headers(
 class DeadLetters:
     """Writes records to the DLQ topic; retries until Kafka takes them (never drops one)."""
 
-    def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
+    def __init__(self, producer: RecordSender, topic: str) -> None:
         self.producer = producer
         self.topic = topic
 

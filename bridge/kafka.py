@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    OutOfOrderSequenceNumber,
+    TopicAlreadyExistsError,
+    UnknownProducerId,
+)
 
 from bridge.settings import Settings
 
@@ -48,6 +57,138 @@ def idempotent_producer(settings: Settings, **extra: Any) -> AIOKafkaProducer:
         linger_ms=5,
         max_request_size=MAX_REQUEST_BYTES,
         **extra,
+    )
+
+
+class RecordSender(Protocol):
+    """What publishing code needs of a producer: an aiokafka producer or a
+    :class:`RecoveringProducer`."""
+
+    async def send_and_wait(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> Any: ...
+
+    async def partitions_for(self, topic: str) -> set[int]: ...
+
+    async def flush(self) -> None: ...
+
+
+# The broker no longer knows this producer's id or sequence numbers (it lost its producer state,
+# e.g. across a restart). aiokafka's idempotent producer never recovers from these: every later
+# send to the partition fails the same way. The batch was rejected, so nothing was written.
+PRODUCER_STATE_ERRORS: tuple[type[KafkaError], ...] = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+)
+SEND_TIMEOUT_SECONDS = 60.0
+
+
+class RecoveringProducer:
+    """A long-lived idempotent producer that replaces itself when the broker forgets it.
+
+    Seen on the embedded broker after two clean restarts: every send failed with
+    OutOfOrderSequenceNumber, for good, so the worker published no more outcomes. Kafka's Java
+    client recovers from this by bumping its epoch (KIP-360); aiokafka does not. Here a send
+    failing with a producer-state error gets a fresh producer (new producer id) and is sent again
+    once; one that hangs past ``send_timeout`` also replaces the producer, then raises
+    :class:`KafkaTimeoutError` because it may have been written. Callers already retry Kafka
+    errors (the DLQ writer, the outcome activity, which first looks for its record).
+    """
+
+    def __init__(
+        self,
+        make: Callable[[], AIOKafkaProducer],
+        *,
+        what: str,
+        send_timeout: float = SEND_TIMEOUT_SECONDS,
+        on_replace: Callable[[], None] | None = None,
+    ) -> None:
+        self._make = make
+        self._what = what
+        self._send_timeout = send_timeout
+        self._on_replace = on_replace
+        self._producer = make()
+        self._started = False
+        self._lock = asyncio.Lock()
+        self.replaced = 0
+
+    async def start(self) -> None:
+        await self._producer.start()
+        self._started = True
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def flush(self) -> None:
+        await (await self._current()).flush()
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return set(await (await self._current()).partitions_for(topic))
+
+    async def send_and_wait(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> Any:
+        for attempt in (1, 2):
+            producer = await self._current()
+            try:
+                return await asyncio.wait_for(
+                    producer.send_and_wait(topic, value, key, partition, timestamp_ms, headers),
+                    self._send_timeout,
+                )
+            except PRODUCER_STATE_ERRORS as exc:
+                await self._replace(producer, exc)
+                if attempt == 2:
+                    raise
+            except TimeoutError as exc:
+                await self._replace(producer, exc)
+                raise KafkaTimeoutError(
+                    f"{self._what}: no answer to a send to {topic} in {self._send_timeout:.0f}s"
+                ) from exc
+        raise AssertionError("unreachable")
+
+    async def _current(self) -> AIOKafkaProducer:
+        if not self._started:  # a replacement made while Kafka was unreachable
+            async with self._lock:
+                if not self._started:
+                    await self._producer.start()
+                    self._started = True
+        return self._producer
+
+    async def _replace(self, failed: AIOKafkaProducer, error: BaseException) -> None:
+        async with self._lock:
+            if self._producer is not failed:
+                return  # another send already replaced it
+            log.warning("%s: replacing the Kafka producer after %r", self._what, error)
+            self._producer, self._started = self._make(), False
+            self.replaced += 1
+            if self._on_replace is not None:
+                self._on_replace()
+            with contextlib.suppress(KafkaError):
+                await self._producer.start()
+                self._started = True
+        with contextlib.suppress(Exception, TimeoutError):
+            await asyncio.wait_for(failed.stop(), 5)  # its pending sends fail and come back here
+
+
+def recovering_producer(
+    settings: Settings, *, what: str, on_replace: Callable[[], None] | None = None
+) -> RecoveringProducer:
+    """An :func:`idempotent_producer` for a long-lived process (bridge DLQ, worker)."""
+    return RecoveringProducer(
+        lambda: idempotent_producer(settings), what=what, on_replace=on_replace
     )
 
 

@@ -72,6 +72,12 @@ class BridgeMetrics:
             ["reason"],
             registry=registry,
         )
+        self.producers_replaced = Counter(
+            "paybridge_dlq_producer_replaced_total",
+            "DLQ producers replaced because the broker no longer knew their idempotence state "
+            "(or a send hung); a few across broker restarts is expected, a steady rise is not.",
+            registry=registry,
+        )
 
 
 class WorkerMetrics:
@@ -89,6 +95,13 @@ class WorkerMetrics:
             "From the payment's created_at to its outcome being published.",
             ["status"],
             buckets=END_TO_END_BUCKETS,
+            registry=registry,
+        )
+        self.producers_replaced = Counter(
+            "paybridge_outcome_producer_replaced_total",
+            "Outcome (and simulated-gateway callback) producers replaced because the broker no "
+            "longer knew their idempotence state (or a send hung); a few across broker restarts "
+            "is expected, a steady rise is not.",
             registry=registry,
         )
 

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from temporalio.client import Client
 from temporalio.runtime import Runtime
 
-from bridge.kafka import idempotent_producer, outcome_reader, start_when_reachable
+from bridge.kafka import outcome_reader, recovering_producer, start_when_reachable
 from bridge.metrics import MetricsServer, WorkerMetrics
 from bridge.service import open_bridge
 from bridge.settings import Settings
@@ -80,7 +80,10 @@ async def run_worker(
     ledger = Ledger(ledger_path)
     if seed:
         ledger.seed()
-    producer = idempotent_producer(settings)
+    metrics = WorkerMetrics(registry)
+    producer = recovering_producer(
+        settings, what="outcome producer", on_replace=metrics.producers_replaced.inc
+    )
     try:
         async with (
             until_signalled() as stop,
@@ -96,7 +99,7 @@ async def run_worker(
                     ledger=ledger,
                     producer=producer,
                     outcomes_topic=settings.topic_outcomes,
-                    metrics=WorkerMetrics(registry),
+                    metrics=metrics,
                     gateway=gateway,
                     outcome_reader=outcome_reader(settings),
                 ):

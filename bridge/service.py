@@ -15,7 +15,7 @@ from bridge.codec import Codec
 from bridge.consumer import Bridge
 from bridge.dlq import DeadLetters
 from bridge.kafka import consumer as kafka_consumer
-from bridge.kafka import idempotent_producer, start_when_reachable, stop_and_leave_group
+from bridge.kafka import recovering_producer, start_when_reachable, stop_and_leave_group
 from bridge.metrics import BridgeMetrics, MetricsServer, ReadyCheck
 from bridge.routing import build_routes
 from bridge.settings import Settings
@@ -47,7 +47,9 @@ async def open_bridge(
         isolation_level="read_committed",
         max_partition_fetch_bytes=8 * 1024 * 1024,
     )
-    producer = idempotent_producer(settings)
+    producer = recovering_producer(
+        settings, what="DLQ producer", on_replace=metrics.producers_replaced.inc
+    )
     calls = TemporalCalls(client, task_queue=settings.temporal_task_queue, metrics=metrics)
     bridge = Bridge(
         consumer,

@@ -11,13 +11,14 @@ import hashlib
 import time
 from collections.abc import Callable
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from bridge.codec import Codec
 from bridge.events import OutcomeStatus, PaymentOutcome
+from bridge.kafka import RecordSender
 from bridge.metrics import WorkerMetrics
 from bridge.producing import published_since
 from workflows.gateway import GatewayDeclined, GatewayUnavailable, SimulatedGateway
@@ -172,7 +173,7 @@ class OutcomeActivities:
 
     def __init__(
         self,
-        producer: AIOKafkaProducer,
+        producer: RecordSender,
         *,
         topic: str,
         codec: Codec,

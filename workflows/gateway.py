@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
-from aiokafka import AIOKafkaProducer
-
 from bridge.codec import Codec
 from bridge.events import CallbackStatus, GatewayCallback, PaymentCreated
+from bridge.kafka import RecordSender
 from bridge.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -77,7 +76,7 @@ class CallbackEmitter(Protocol):
 class KafkaCallbackEmitter:
     """Delivers callbacks as records on the callbacks topic, keyed by payment id."""
 
-    def __init__(self, producer: AIOKafkaProducer, *, topic: str, codec: Codec | None = None):
+    def __init__(self, producer: RecordSender, *, topic: str, codec: Codec | None = None):
         self.producer = producer
         self.topic = topic
         self.codec = codec or Codec()
@@ -227,7 +226,7 @@ class SimulatedGateway:
 
 
 def simulated_gateway(
-    settings: Settings, producer: AIOKafkaProducer, *, secret: str, callbacks: bool = True
+    settings: Settings, producer: RecordSender, *, secret: str, callbacks: bool = True
 ) -> SimulatedGateway:
     """The gateway of ``paybridge dev``: ratios and latency from ``PAYBRIDGE_SIM_*``, callbacks
     produced to ``PAYBRIDGE_TOPIC_CALLBACKS`` and signed with ``secret``."""

@@ -7,12 +7,13 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from bridge.codec import Codec
+from bridge.kafka import RecordSender
 from bridge.metrics import WorkerMetrics
 from workflows.activities import (
     FraudActivities,
@@ -85,7 +86,7 @@ async def open_worker(
     *,
     task_queue: str,
     ledger: Ledger,
-    producer: AIOKafkaProducer,
+    producer: RecordSender,
     outcomes_topic: str,
     metrics: WorkerMetrics | None = None,
     codec: Codec | None = None,

@@ -1,0 +1,83 @@
+"""A long-lived producer (the worker's outcomes, the bridge's DLQ) survives broker restarts.
+
+The embedded broker forgets idempotent producers' state across a restart; aiokafka's producer
+then fails every later send with OutOfOrderSequenceNumber, for good. This broker is the test's
+own, because the test restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from aiokafka.errors import KafkaError
+
+from bridge.devstack import kafka_broker
+from bridge.kafka import create_topics, recovering_producer
+from bridge.processes import free_port
+from bridge.settings import Settings
+from tests.support import read_topic
+
+HOST = "127.0.0.1"
+PARTITIONS = 3
+
+
+async def test_producer_keeps_delivering_across_broker_restarts(tmp_path: Path) -> None:
+    port = free_port()
+    broker = kafka_broker(port=port, data_dir=tmp_path, log_dir=tmp_path / "logs")
+    await broker.start()
+    await broker.wait_for_port(HOST, port)
+    settings = Settings(KAFKA_BOOTSTRAP_SERVERS=f"{HOST}:{port}")
+    await create_topics(settings, {"t": PARTITIONS})
+    replaced: list[int] = []
+    producer = recovering_producer(settings, what="test", on_replace=lambda: replaced.append(1))
+    await producer.start()
+    delivered: list[set[bytes]] = [set() for _ in range(PARTITIONS)]
+    failures: list[BaseException] = []
+
+    async def keep_sending(partition: int) -> None:
+        n = 0
+        while True:
+            key = f"{partition}-{n}".encode()
+            try:  # as the DLQ writer and the outcome activity do: retry a failed send
+                await producer.send_and_wait("t", b"v" * 200, key=key, partition=partition)
+            except KafkaError as exc:
+                failures.append(exc)
+                await asyncio.sleep(0.2)
+                continue
+            delivered[partition].add(key)
+            n += 1
+            await asyncio.sleep(0.01)
+
+    senders = [asyncio.create_task(keep_sending(p)) for p in range(PARTITIONS)]
+    try:
+        for _ in range(3):  # sends are in flight at every restart
+            await asyncio.sleep(3)
+            await broker.stop()  # clean: the broker keeps its records
+            await asyncio.sleep(1)
+            await broker.start()
+            await broker.wait_for_port(HOST, port)
+        before = [len(keys) for keys in delivered]
+        await asyncio.sleep(5)
+        after = [len(keys) for keys in delivered]
+        for task in senders:
+            task.cancel()
+        await asyncio.gather(*senders, return_exceptions=True)
+        last = [f"last-{n}".encode() for n in range(20 * PARTITIONS)]
+        for n, key in enumerate(last):
+            await producer.send_and_wait("t", b"v", key=key, partition=n % PARTITIONS)
+        records = await read_topic(settings, "t", expect=sum(after) + len(last), timeout=10)
+    finally:
+        for task in senders:
+            task.cancel()
+        await producer.stop()
+        await broker.stop()
+    assert all(a - b > 50 for a, b in zip(after, before, strict=True)), (
+        f"partitions stopped taking records after the restarts: {before} -> {after}; "
+        f"errors: {failures[-3:]}"
+    )
+    # Not asserted: that every record acknowledged before a restart survived it. The embedded
+    # broker loses the odd record acknowledged while it stops (seen: one per partition, in two
+    # of three restarts). Kafka with acks=all does not; that is the broker's part, not ours.
+    assert set(last) <= {r.key for r in records}, "records sent after the restarts are missing"
+    assert replaced, "the broker kept the producer's state: this test no longer shows recovery"
