@@ -21,15 +21,20 @@ def main() -> int:
     )
     parser.add_argument("--seed", type=int, default=1, help="repeat a run exactly by its seed")
     parser.add_argument("--payments", type=int, default=1000)
-    parser.add_argument("--faults", type=int, default=7, help=f"how many of: {', '.join(FAULTS)}")
+    parser.add_argument(
+        "--faults",
+        type=int,
+        default=len(FAULTS),
+        help=f"how many of (in a seeded order, each kind once per round): {', '.join(FAULTS)}",
+    )
     parser.add_argument("--rate", type=float, default=25.0, help="payments produced per second")
-    parser.add_argument("--long", action="store_true", help="5,000 payments, 21 faults")
+    parser.add_argument("--long", action="store_true", help="5,000 payments, every kind 3 times")
     parser.add_argument(
         "--keep", type=Path, default=None, help="keep data and logs in this new directory"
     )
     args = parser.parse_args()
     if args.long:
-        args.payments, args.faults = 5000, 21
+        args.payments, args.faults = 5000, 3 * len(FAULTS)
     with tempfile.TemporaryDirectory(prefix="paybridge-faults-") as tmp:
         root = args.keep or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
