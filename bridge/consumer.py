@@ -32,7 +32,7 @@ from bridge.dlq import DeadLetters
 from bridge.errors import DecodeError
 from bridge.metrics import BridgeMetrics
 from bridge.offsets import PartitionOffsets
-from bridge.routing import OrphanError, Route
+from bridge.routing import OrphanError, Route, waiting_for_payment
 from bridge.temporal_calls import TemporalRejected
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,16 @@ def check_key(key: bytes | None, payment_id: str) -> None:
         raise DecodeError("validation", f"record key {key!r} is not UTF-8") from exc
     if text != payment_id:
         raise DecodeError("validation", f"record key {text!r} is not the payment_id {payment_id!r}")
+
+
+class _Slot:
+    """One fetched record's claim on the bridge's capacity: an in-flight slot, or, once it waits
+    for its payment to start (or queues behind a record of its key that does), a waiting one."""
+
+    __slots__ = ("waiting",)
+
+    def __init__(self) -> None:
+        self.waiting = False
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -93,10 +103,17 @@ class Bridge:
         self.assigned = asyncio.Event()
         self._offsets: dict[TopicPartition, PartitionOffsets] = {}
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = defaultdict(set)
-        self._tails: dict[tuple[TopicPartition, bytes], asyncio.Task[None]] = {}
+        self._tails: dict[tuple[TopicPartition, bytes], tuple[asyncio.Task[None], _Slot]] = {}
         self._inflight = 0
+        # Callbacks and cancels waiting for their payment to start have a budget of their own
+        # (as large as the in-flight one): if they held in-flight slots, a burst of them could
+        # pause the very PaymentCreated records they wait for, until all became orphans.
+        self.max_waiting = max_inflight
+        self._waiting = 0
+        self._waiting_full = False
         self._slots_free = asyncio.Event()
         self._paused = False
+        self._paused_partitions: set[TopicPartition] = set()
         self._stopping = asyncio.Event()
         self._commit_lock = asyncio.Lock()
 
@@ -124,7 +141,8 @@ class Bridge:
 
     @property
     def inflight(self) -> int:
-        return self._inflight
+        """Records fetched and not done yet, including those waiting for their payment."""
+        return self._inflight + self._waiting
 
     # -- fetching --------------------------------------------------------------------------
 
@@ -136,6 +154,8 @@ class Bridge:
             return
         self._set_paused(False)
         capacity = self.max_inflight - self._inflight
+        if capacity <= 0:  # only when stopping: slots were not waited for
+            return
         batch = await self.consumer.getmany(timeout_ms=200, max_records=min(capacity, 500))
         for tp, records in batch.items():
             offsets = self._offsets.get(tp)
@@ -160,34 +180,68 @@ class Bridge:
         return True
 
     def _set_paused(self, paused: bool) -> None:
-        if paused == self._paused:
+        if paused != self._paused:
+            if paused:
+                log.warning("%d records in flight for %.0fs: pausing fetch", self._inflight, 5.0)
+            else:
+                log.info("resuming fetch (%d records in flight)", self._inflight)
+            self._paused = paused
+        if self._waiting >= self.max_waiting and not self._waiting_full:
+            log.warning(
+                "%d records wait for their payment to start: pausing the topics they come from",
+                self._waiting,
+            )
+            self._waiting_full = True
+        elif self._waiting_full and self._waiting < self.max_waiting * 0.9:
+            log.info("resuming the topics of records waiting for payments (%d)", self._waiting)
+            self._waiting_full = False
+        self._apply_pauses()
+
+    def _apply_pauses(self) -> None:
+        assignment = set(self.consumer.assignment())
+        wanted: set[TopicPartition] = set()
+        if self._paused:
+            wanted = assignment
+        elif self._waiting_full:
+            wanted = {tp for tp in assignment if self.routes[tp.topic].may_wait}
+        current = self._paused_partitions & assignment
+        if wanted - current:
+            self.consumer.pause(*(wanted - current))
+        if current - wanted:
+            self.consumer.resume(*(current - wanted))
+        self._paused_partitions = wanted
+
+    def _start_waiting(self, slot: _Slot) -> None:
+        """The record now waits for its payment: hand its in-flight slot back."""
+        if slot.waiting:
             return
-        assignment = self.consumer.assignment()
-        if paused:
-            log.warning("%d records in flight for %.0fs: pausing fetch", self._inflight, 5.0)
-            self.consumer.pause(*assignment)
-        else:
-            log.info("resuming fetch (%d records in flight)", self._inflight)
-            self.consumer.resume(*assignment)
-        self._paused = paused
+        slot.waiting = True
+        self._inflight -= 1
+        self._waiting += 1
+        self._slots_free.set()
 
     def _dispatch(self, tp: TopicPartition, offsets: PartitionOffsets, record: Record) -> None:
         offsets.fetched(record.offset)
         self._inflight += 1
-        self.metrics.inflight.set(self._inflight)
+        self.metrics.inflight.set(self._inflight + self._waiting)
         ordering = (tp, record.key) if record.key is not None else None
         previous = self._tails.get(ordering) if ordering is not None else None
-        task = asyncio.create_task(self._process(record, previous))
+        slot = _Slot()
+        task = asyncio.create_task(self._process(record, previous, slot))
         if ordering is not None:
-            self._tails[ordering] = task
+            self._tails[ordering] = (task, slot)
         self._tasks[tp].add(task)
 
         def finished(task: asyncio.Task[None]) -> None:
             self._tasks[tp].discard(task)
-            if ordering is not None and self._tails.get(ordering) is task:
+            tail = self._tails.get(ordering) if ordering is not None else None
+            if ordering is not None and tail is not None and tail[0] is task:
                 del self._tails[ordering]
-            self._inflight -= 1
-            self.metrics.inflight.set(self._inflight)
+            if slot.waiting:
+                self._waiting -= 1
+            else:
+                self._inflight -= 1
+            self.metrics.inflight.set(self._inflight + self._waiting)
             self._slots_free.set()
             if not task.cancelled() and task.exception() is None:
                 offsets.done(record.offset)
@@ -196,10 +250,17 @@ class Bridge:
 
     # -- applying one record ---------------------------------------------------------------
 
-    async def _process(self, record: Record, previous: asyncio.Task[None] | None) -> None:
+    async def _process(
+        self, record: Record, previous: tuple[asyncio.Task[None], _Slot] | None, slot: _Slot
+    ) -> None:
+        waiting_for_payment.set(lambda: self._start_waiting(slot))  # this task's context only
         if previous is not None:
-            await asyncio.wait([previous])
-            if previous.cancelled():
+            before, before_slot = previous
+            while not before.done():
+                if before_slot.waiting:  # queued behind a record that waits for its payment
+                    self._start_waiting(slot)
+                await asyncio.wait([before], timeout=1.0)
+            if before.cancelled():
                 raise asyncio.CancelledError  # the partition was released under us
         route = self.routes[record.topic]
         try:
@@ -274,6 +335,7 @@ class Bridge:
         log.info("assigned %d partitions: %s", len(assigned), sorted(map(str, assigned)))
         if self._paused and assigned:
             self.consumer.pause(*assigned)
+            self._paused_partitions |= assigned
         if assigned:
             self.assigned.set()
 

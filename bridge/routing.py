@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,14 @@ from workflows.shared import CancelSignal, GatewayCallbackSignal, payment_input
 Handler = Callable[[Any], Awaitable[str]]
 
 
+# Set by the bridge for the record being applied; called once when that record starts waiting
+# for its payment to exist, so that the waiting record stops holding an in-flight slot: the
+# PaymentCreated it waits for may be behind it and needs that slot.
+waiting_for_payment: ContextVar[Callable[[], None] | None] = ContextVar(
+    "waiting_for_payment", default=None
+)
+
+
 class OrphanError(PaybridgeError):
     """A callback or cancel whose payment never started within the orphan timeout."""
 
@@ -41,6 +50,8 @@ class Route:
     event_type: type[Event]
     apply: Handler
     check: Callable[[Any], None] | None = None
+    # Its records may wait for a payment that has not started yet (see ``Orphans``).
+    may_wait: bool = False
 
 
 class Orphans:
@@ -54,10 +65,16 @@ class Orphans:
         workflow_id = payment_workflow_id(payment_id)
         deadline = time.monotonic() + self.timeout
         backoff = Backoff(initial=0.2, cap=15.0)
+        waiting = False
         while True:
             result = await self.calls.signal(workflow_id, signal, arg)
             if result != "not_found":
                 return result
+            if not waiting:
+                waiting = True
+                hook = waiting_for_payment.get()
+                if hook is not None:
+                    hook()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise OrphanError(
@@ -108,7 +125,8 @@ def build_routes(
             GatewayCallback,
             callback,
             check=verify_signature(gateway_secret),
+            may_wait=True,
         ),
-        Route(settings.topic_cancels, PaymentCancelRequested, cancel),
+        Route(settings.topic_cancels, PaymentCancelRequested, cancel, may_wait=True),
     ]
     return {route.topic: route for route in routes}
