@@ -16,6 +16,11 @@ only the bridge runs. Usage::
 
     python benchmarks/bridge_overhead.py             # 3000 records per run, 2 rounds
     python benchmarks/bridge_overhead.py --quick     # 1000 records, 1 round
+    python benchmarks/bridge_overhead.py --temporal-rtt-ms 20   # Temporal a network hop away
+
+``--temporal-rtt-ms`` puts every path's Temporal client behind ``latency_proxy.py`` (in its
+own process), which adds that round trip to each call, as a Temporal in another zone or
+Temporal Cloud would.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import asyncio
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -198,9 +204,21 @@ async def main(args: argparse.Namespace) -> None:
         kafka = kafka_broker(port=kport, data_dir=root, log_dir=root)
         await temporal.start()
         await kafka.start()
+        proxy: asyncio.subprocess.Process | None = None
         try:
             await kafka.wait_for_port(HOST, kport)
             await temporal.wait_for_port(HOST, tport)
+            if args.temporal_rtt_ms:
+                pport = free_port()
+                proxy = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    str(Path(__file__).with_name("latency_proxy.py")),
+                    f"--listen={pport}",
+                    f"--to={HOST}:{tport}",
+                    f"--rtt-ms={args.temporal_rtt_ms}",
+                )
+                await asyncio.sleep(1)
+                tport = pport
             base = Settings(
                 KAFKA_BOOTSTRAP_SERVERS=f"{HOST}:{kport}",
                 TEMPORAL_ADDRESS=f"{HOST}:{tport}",
@@ -217,6 +235,9 @@ async def main(args: argparse.Namespace) -> None:
                 print(f"round {round_ + 1}: sdk {sdk[-1]:.0f}/s  bridge {rate:.0f}/s", flush=True)
             naive = await run_naive(base, client, args.naive_count)
         finally:
+            if proxy is not None:
+                proxy.terminate()
+                await proxy.wait()
             await kafka.stop()
             await temporal.stop()
 
@@ -225,7 +246,8 @@ async def main(args: argparse.Namespace) -> None:
     print(f"machine: {machine()}")
     print(
         f"records per run: {args.count} (naive: {args.naive_count}), "
-        f"concurrency {args.concurrency}, rounds {args.rounds}, no worker (start path only)"
+        f"concurrency {args.concurrency}, rounds {args.rounds}, no worker (start path only), "
+        f"added Temporal round trip {args.temporal_rtt_ms:g} ms"
     )
     print(f"{'path':<28}{'starts/s':>10}")
     print(f"{'SDK loop (Temporal only)':<28}{sdk_rate:>10.0f}")
@@ -246,6 +268,12 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="1000 records, 1 round")
+    parser.add_argument(
+        "--temporal-rtt-ms",
+        type=float,
+        default=0.0,
+        help="round trip added to every Temporal call (a proxy in its own process)",
+    )
     ns = parser.parse_args()
     if ns.quick:
         ns.count, ns.rounds, ns.naive_count = 1000, 1, 200
