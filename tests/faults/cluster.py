@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,24 @@ class Member:
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until the process answers 200 on ``/readyz`` (Temporal and Kafka reachable)."""
+        url = f"http://{HOST}:{self.env['PAYBRIDGE_METRICS_PORT']}/readyz"
+
+        def ready() -> bool:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as answer:
+                    return bool(answer.status == 200)
+            except OSError:
+                return False
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not await asyncio.to_thread(ready):
+            if loop.time() > deadline or not self.running:
+                raise RuntimeError(f"{self.name} not ready after {timeout:.0f}s: {self.log_path}")
+            await asyncio.sleep(0.2)
 
     def kill(self) -> None:
         if self.running:

@@ -364,8 +364,10 @@ async def run(
     wanted = {p.payment_id for p in batch}
 
     async with cluster(root) as made:
-        made.add_worker()
-        made.add_bridge(bridge_argv)
+        worker, bridge = made.add_worker(), made.add_bridge(bridge_argv)
+        # The clock starts once both serve: the plan's moments are then the same on a slow or
+        # busy machine (a bridge still starting when Temporal goes down never fetches a record).
+        await asyncio.gather(worker.wait_ready(), bridge.wait_ready())
         started = time.monotonic()
         async with Outcomes(made) as outcomes:
             producing = asyncio.create_task(produce(made, records, rate=rate))
