@@ -27,7 +27,7 @@ from bridge.codec import Codec
 from bridge.devstack import wait_for_temporal
 from bridge.events import OutcomeStatus, PaymentCreated, PaymentOutcome, payment_workflow_id
 from bridge.kafka import consumer as kafka_consumer
-from bridge.kafka import idempotent_producer
+from bridge.kafka import recovering_producer
 from bridge.producing import encode_record
 from tests.faults.cluster import Cluster, cluster
 from workflows.ledger import Ledger
@@ -199,7 +199,9 @@ async def produce(
     rate: float,
 ) -> None:
     """Produce at ``rate`` per second; a record whose send fails (broker restarting) is retried."""
-    producer = idempotent_producer(made.settings)
+    # Recovering: a plain idempotent producer fails every send for good once the embedded
+    # broker has restarted and forgotten it (seen: the run stalled at 223 payments).
+    producer = recovering_producer(made.settings, what="load producer")
     await producer.start()
     try:
         started = time.monotonic()
