@@ -55,33 +55,69 @@ class Route:
 
 
 class Orphans:
-    """Signals a payment workflow, waiting for the payment to start if it does not exist yet."""
+    """Signals a payment workflow, waiting for the payment to start if it does not exist yet.
 
-    def __init__(self, calls: TemporalCalls, *, timeout: float) -> None:
+    A waiting signal is retried with capped back-off, and woken at once when this bridge
+    starts its payment (``started``): keys are co-partitioned across the input topics, so the
+    payment usually comes through the same bridge. Without the wake-up a cancel could sit out
+    a long back-off while its payment ran on to a timeout.
+    """
+
+    def __init__(
+        self,
+        calls: TemporalCalls,
+        *,
+        timeout: float,
+        retry_initial: float = 0.2,
+        retry_cap: float = 15.0,
+    ) -> None:
         self.calls = calls
         self.timeout = timeout
+        self.retry_initial = retry_initial
+        self.retry_cap = retry_cap
+        self._wakeups: dict[str, set[asyncio.Event]] = {}
+
+    def started(self, payment_id: str) -> None:
+        """The payment's workflow exists now: wake every signal waiting for it."""
+        for event in self._wakeups.get(payment_id, ()):
+            event.set()
 
     async def signal(self, payment_id: str, signal: str, arg: Any) -> str:
         workflow_id = payment_workflow_id(payment_id)
         deadline = time.monotonic() + self.timeout
-        backoff = Backoff(initial=0.2, cap=15.0)
-        waiting = False
-        while True:
-            result = await self.calls.signal(workflow_id, signal, arg)
-            if result != "not_found":
-                return result
-            if not waiting:
-                waiting = True
-                hook = waiting_for_payment.get()
-                if hook is not None:
-                    hook()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise OrphanError(
-                    f"no workflow {workflow_id} appeared within {self.timeout:.0f}s "
-                    f"(PAYBRIDGE_ORPHAN_TIMEOUT) to receive {signal}"
-                )
-            await asyncio.sleep(min(backoff.next_delay(), remaining))
+        backoff = Backoff(initial=self.retry_initial, cap=self.retry_cap)
+        event = asyncio.Event()
+        self._wakeups.setdefault(payment_id, set()).add(event)
+        try:
+            waiting = False
+            while True:
+                # Cleared before asking, so a start landing between the answer and the wait
+                # still wakes this signal.
+                event.clear()
+                result = await self.calls.signal(workflow_id, signal, arg)
+                if result != "not_found":
+                    return result
+                if not waiting:
+                    waiting = True
+                    hook = waiting_for_payment.get()
+                    if hook is not None:
+                        hook()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise OrphanError(
+                        f"no workflow {workflow_id} appeared within {self.timeout:.0f}s "
+                        f"(PAYBRIDGE_ORPHAN_TIMEOUT) to receive {signal}"
+                    )
+                try:
+                    delay = min(backoff.next_delay(), remaining)
+                    await asyncio.wait_for(event.wait(), delay)
+                except TimeoutError:
+                    pass
+        finally:
+            events = self._wakeups[payment_id]
+            events.discard(event)
+            if not events:
+                del self._wakeups[payment_id]
 
 
 def verify_signature(secret: str) -> Callable[[GatewayCallback], None]:
@@ -104,7 +140,9 @@ def build_routes(
     orphans = Orphans(calls, timeout=settings.orphan_timeout.total_seconds())
 
     async def start_payment(event: PaymentCreated) -> str:
-        return await calls.start_payment(event, workflow_input=payment_input(settings, event))
+        result = await calls.start_payment(event, workflow_input=payment_input(settings, event))
+        orphans.started(event.payment_id)
+        return result
 
     async def callback(event: GatewayCallback) -> str:
         return await orphans.signal(
