@@ -132,6 +132,26 @@ class RecoveringProducer:
     async def partitions_for(self, topic: str) -> set[int]:
         return set(await (await self._current()).partitions_for(topic))
 
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> asyncio.Task[Any]:
+        """Pipelined send, like aiokafka's: the task resolves once Kafka has the record.
+
+        Callers bound how many they leave pending (the load generator, replay and the CLI
+        flush every few hundred), since this does not wait for buffer space.
+        """
+        task = asyncio.create_task(
+            self.send_and_wait(topic, value, key, partition, timestamp_ms, headers)
+        )
+        await asyncio.sleep(0)  # let it reach the producer's buffer, in order of sending
+        return task
+
     async def send_and_wait(
         self,
         topic: str,

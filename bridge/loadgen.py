@@ -17,13 +17,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
 from bridge.codec import Codec
 from bridge.errors import DecodeError, PaybridgeError
 from bridge.events import PaymentOutcome
+from bridge.kafka import RecoveringProducer, recovering_producer
 from bridge.kafka import consumer as kafka_consumer
-from bridge.kafka import idempotent_producer
 from bridge.loadmix import Mix, PaymentFactory, Planned
 from bridge.loadstats import Tracker
 from bridge.producing import encode_record
@@ -73,7 +73,7 @@ class Sender(Protocol):
 class KafkaSender:
     """Produces each payment (and its cancel request) keyed by payment id."""
 
-    def __init__(self, producer: AIOKafkaProducer, settings: Settings, codec: Codec) -> None:
+    def __init__(self, producer: RecoveringProducer, settings: Settings, codec: Codec) -> None:
         self.producer = producer
         self.settings = settings
         self.codec = codec
@@ -222,7 +222,9 @@ async def _sleep_watching(seconds: float, tasks: list[asyncio.Task[None]]) -> No
 
 @contextlib.asynccontextmanager
 async def kafka_sender(settings: Settings, codec: Codec) -> AsyncIterator[Sender]:
-    producer = idempotent_producer(settings)
+    # Recovering: after a broker restart a plain idempotent producer can fail every send for
+    # good (the embedded broker forgets producer state), and the run would stall.
+    producer = recovering_producer(settings, what="loadgen")
     await producer.start()
     try:
         yield KafkaSender(producer, settings, codec)

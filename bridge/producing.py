@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from bridge.codec import JSON_CONTENT_TYPE, Codec
 from bridge.events import Event, PaymentOutcome
 from bridge.kafka import consumer as kafka_consumer
-from bridge.kafka import idempotent_producer
+from bridge.kafka import recovering_producer
 from bridge.settings import Settings
 
 
@@ -37,7 +37,7 @@ async def send_events(
 ) -> None:
     """Produce ``events`` keyed by payment id, waiting until Kafka has them all."""
     codec = codec or Codec()
-    producer = idempotent_producer(settings)
+    producer = recovering_producer(settings, what="produce")
     await producer.start()
     try:
         futures = []

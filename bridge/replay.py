@@ -40,7 +40,7 @@ from bridge.events import (
     PaymentCreated,
     from_millis,
 )
-from bridge.kafka import client_kwargs, idempotent_producer
+from bridge.kafka import client_kwargs, recovering_producer
 from bridge.kafka import consumer as kafka_consumer
 from bridge.settings import Settings
 from bridge.stopping import stop_consumer
@@ -267,7 +267,7 @@ async def run_replay(
     if not todo:
         return result
     consumer = source_consumer(settings)
-    producer = idempotent_producer(settings)
+    producer = recovering_producer(settings, what="replay")  # survives a broker restart
     await consumer.start()
     await producer.start()
     loop = asyncio.get_running_loop()

@@ -1,4 +1,4 @@
-"""A long-lived producer (the worker's outcomes, the bridge's DLQ) survives broker restarts.
+"""A long-lived producer (outcomes, DLQ, loadgen, replay) survives broker restarts.
 
 The embedded broker forgets idempotent producers' state across a restart; aiokafka's producer
 then fails every later send with OutOfOrderSequenceNumber, for good. This broker is the test's
@@ -49,7 +49,26 @@ async def test_producer_keeps_delivering_across_broker_restarts(tmp_path: Path) 
             n += 1
             await asyncio.sleep(0.01)
 
-    senders = [asyncio.create_task(keep_sending(p)) for p in range(PARTITIONS)]
+    async def keep_sending_batches(partition: int) -> None:
+        """As ``paybridge loadgen`` and ``replay`` do: pipelined sends, gathered per batch."""
+        n = 0
+        while True:
+            keys = [f"{partition}-{n + i}".encode() for i in range(20)]
+            try:
+                sent = [
+                    await producer.send("t", b"v" * 200, key=k, partition=partition) for k in keys
+                ]
+                await asyncio.gather(*sent)
+            except KafkaError as exc:
+                failures.append(exc)
+                await asyncio.sleep(0.2)
+                continue
+            delivered[partition].update(keys)
+            n += len(keys)
+            await asyncio.sleep(0.05)
+
+    senders = [asyncio.create_task(keep_sending_batches(0))]
+    senders += [asyncio.create_task(keep_sending(p)) for p in range(1, PARTITIONS)]
     try:
         for _ in range(3):  # sends are in flight at every restart
             await asyncio.sleep(3)
