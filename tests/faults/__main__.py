@@ -51,7 +51,8 @@ def main() -> int:
     print(
         f"seed {verdict.seed}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"{verdict.seconds:.0f}s, statuses {verdict.statuses}, "
-        f"re-published copies (same event id) {verdict.republished}"
+        f"re-published copies (same event id) {verdict.republished}, "
+        f"input records lost by the broker and sent again {len(verdict.broker_lost_inputs)}"
     )
     print("| faults injected | payments | lost | duplicated | double debits | worst recovery |")
     print("|---|---|---|---|---|---|")

@@ -71,6 +71,10 @@ class Verdict:
     missing_dlq: list[str] = field(default_factory=list)
     workflows: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
+    # Input records the broker acknowledged and then lost across a restart (the embedded broker
+    # does this; Kafka with acks=all does not). The load producer sends them again, as a
+    # producer with an outbox would, so the payments still have to complete.
+    broker_lost_inputs: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -222,6 +226,26 @@ async def produce(
         await producer.stop()
 
 
+async def resend_lost_inputs(
+    made: Cluster,
+    records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]],
+) -> list[str]:
+    """Send again every input record that was acknowledged but is no longer in the topic.
+
+    The embedded broker's clean stop drops the last records it acknowledged (seen: two per
+    restart, the ones sent just before it stopped). That is the broker losing a payment before
+    paybridge could see it; naming it keeps the suite's own verdict about paybridge.
+    """
+    from tests.support import read_topic
+
+    topic = made.settings.topic_payments
+    held = {r.key for r in await read_topic(made.settings, topic, expect=len(records), timeout=30)}
+    missing = [record for record in records if record[0] not in held]
+    if missing:
+        await produce(made, missing, rate=1000)
+    return [key.decode(errors="replace") for key, _, _ in missing if key is not None]
+
+
 async def inject(made: Cluster, kind: str) -> None:
     if kind == "kill_bridge":
         made.bridges[-1].kill()
@@ -347,7 +371,7 @@ async def run(
     payments: int,
     faults: int,
     rate: float = 25.0,
-    timeout: float = 600.0,
+    timeout: float = 180.0,
     bridge_argv: list[str] | None = None,
     plan: list[tuple[float, str]] | None = None,
     say: Callable[[str], None] = print,
@@ -382,6 +406,13 @@ async def run(
                 await inject(made, kind)
                 verdict.faults.append(Injected(kind, begun, time.monotonic() - started))
             await producing
+            verdict.broker_lost_inputs = await resend_lost_inputs(made, records)
+            if verdict.broker_lost_inputs:
+                say(
+                    f"the broker lost {len(verdict.broker_lost_inputs)} acknowledged input "
+                    f"records across its restarts; sent them again: {verdict.broker_lost_inputs}"
+                )
+            # Wait while outcomes keep coming: give up after ``timeout`` seconds without one.
             deadline = time.monotonic() + timeout
             last = -1
             while time.monotonic() < deadline and not wanted <= outcomes.paid():
@@ -389,6 +420,7 @@ async def run(
                 if done != last:
                     say(f"[{time.monotonic() - started:6.1f}s] {done}/{payments} outcomes")
                     last = done
+                    deadline = time.monotonic() + timeout
                 await asyncio.sleep(1)
             await asyncio.sleep(2)  # let any duplicate arrive
             verdict.seconds = time.monotonic() - started
