@@ -223,7 +223,7 @@ async def _sleep_watching(seconds: float, tasks: list[asyncio.Task[None]]) -> No
 @contextlib.asynccontextmanager
 async def kafka_sender(settings: Settings, codec: Codec) -> AsyncIterator[Sender]:
     # Recovering: after a broker restart a plain idempotent producer can fail every send for
-    # good (the embedded broker forgets producer state), and the run would stall.
+    # good (see RecoveringProducer), and the run would stall.
     producer = recovering_producer(settings, what="loadgen")
     await producer.start()
     try:

@@ -35,8 +35,9 @@ async def test_a_waiting_signal_is_woken_by_its_payment_starting() -> None:
     # A back-off of a minute: only the wake-up can apply the signal within the test.
     waiter = orphans(fake, timeout=300, retry_initial=60, retry_cap=60)
     hooked: list[bool] = []
-    waiting_for_payment.set(lambda: hooked.append(True))
+    token = waiting_for_payment.set(lambda: hooked.append(True))
     task = asyncio.create_task(waiter.signal("pay-1", "cancel", None))
+    waiting_for_payment.reset(token)  # the task keeps the hook it was created with
     while not fake.calls:
         await asyncio.sleep(0.01)
     assert hooked == [True], "the bridge is told the record is waiting, to free its slot"

@@ -30,6 +30,7 @@ from bridge.kafka import consumer as kafka_consumer
 from bridge.kafka import recovering_producer
 from bridge.producing import encode_record
 from tests.faults.cluster import Cluster, cluster
+from tests.support import read_topic
 from workflows.ledger import Ledger
 
 log = logging.getLogger(__name__)
@@ -236,8 +237,6 @@ async def resend_lost_inputs(
     restart, the ones sent just before it stopped). That is the broker losing a payment before
     paybridge could see it; naming it keeps the suite's own verdict about paybridge.
     """
-    from tests.support import read_topic
-
     topic = made.settings.topic_payments
     held = {r.key for r in await read_topic(made.settings, topic, expect=len(records), timeout=30)}
     missing = [record for record in records if record[0] not in held]
@@ -347,8 +346,6 @@ async def check(
                 )
     finally:
         ledger.close()
-
-    from tests.support import read_topic
 
     dead = await read_topic(
         made.settings, made.settings.topic_dlq, expect=len(bad_keys), timeout=10
