@@ -39,17 +39,18 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry
 
-from bridge.codec import Codec
-from bridge.devstack import kafka_broker, temporal_server, wait_for_temporal
-from bridge.events import PaymentCreated, payment_workflow_id
-from bridge.kafka import client_kwargs, create_topics
 from bridge.metrics import BridgeMetrics
-from bridge.processes import free_port
-from bridge.producing import encode_record
 from bridge.service import open_bridge
-from bridge.settings import Settings
 from bridge.temporal_calls import TemporalCalls
-from workflows.shared import PaymentWorkflowInput
+from plumbing.kafka import client_kwargs, create_topics
+from plumbing.settings import Settings
+from schemas.codec import Codec
+from schemas.events import PaymentCreated
+from schemas.ids import payment_workflow_id
+from schemas.workflow_api import PaymentWorkflowInput
+from tools.devstack import kafka_broker, temporal_server, wait_for_temporal
+from tools.processes import free_port
+from tools.producing import encode_record
 
 HOST = "127.0.0.1"
 
@@ -88,7 +89,7 @@ def settings_for(base: Settings, tag: str) -> Settings:
 
 
 async def produce(settings: Settings, payments: list[PaymentCreated]) -> None:
-    from bridge.kafka import idempotent_producer
+    from plumbing.kafka import idempotent_producer
 
     codec = Codec()
     producer = idempotent_producer(settings)

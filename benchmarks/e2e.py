@@ -32,7 +32,8 @@ ports, then measures, in this order and on the same stack:
 Every payment is an ordinary one (known account, supported currency, approved by the
 gateway); gateway callbacks travel through Kafka and the bridge in every mode (they are part of
 the saga); only the *start* path differs between the two modes. Outcomes are read and matched by
-the load generator in both modes (``bridge.loadgen``), latency = outcome read - ``created_at``.
+the load generator in both modes (``tools.load.generator``), latency = outcome read -
+``created_at``.
 The load generator shares this process (and its GIL) with the worker and the bridge, in both
 modes alike: compare the ratio, not the absolute numbers, across machines.
 """
@@ -57,15 +58,15 @@ from prometheus_client import CollectorRegistry
 from temporalio.client import Client
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 
-from bridge.devstack import open_dev_stack
-from bridge.loadgen import LoadConfig, Sender, run_load
-from bridge.loadmix import Mix, Planned
-from bridge.loadstats import Tracker, percentile
 from bridge.metrics import BridgeMetrics
-from bridge.processes import free_port
 from bridge.routing import build_routes
-from bridge.settings import Settings
 from bridge.temporal_calls import TemporalCalls
+from plumbing.settings import Settings
+from tools.devstack import open_dev_stack
+from tools.load.generator import LoadConfig, Sender, run_load
+from tools.load.mix import Mix, Planned
+from tools.load.stats import Tracker, percentile
+from tools.processes import free_port
 
 log = logging.getLogger("benchmark")
 

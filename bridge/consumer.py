@@ -27,13 +27,12 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
-from bridge.codec import Codec
 from bridge.dlq import DeadLetters
-from bridge.errors import DecodeError
 from bridge.metrics import BridgeMetrics
 from bridge.offsets import PartitionOffsets
-from bridge.routing import OrphanError, Route, waiting_for_payment
-from bridge.temporal_calls import TemporalRejected
+from bridge.routing import Route, waiting_for_payment
+from schemas.codec import Codec
+from schemas.errors import DecodeError, OrphanError, TemporalRejected
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.structs import ConsumerRecord
 
-from bridge.kafka import RecordSender
+from plumbing.kafka import RecordSender
 
 log = logging.getLogger(__name__)
 

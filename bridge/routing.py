@@ -15,17 +15,13 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.errors import PaybridgeError, SignatureError
-from bridge.events import (
-    Event,
-    GatewayCallback,
-    PaymentCancelRequested,
-    PaymentCreated,
-    payment_workflow_id,
-)
-from bridge.settings import Settings
-from bridge.temporal_calls import Backoff, TemporalCalls
-from workflows.shared import CancelSignal, GatewayCallbackSignal, payment_input
+from bridge.temporal_calls import TemporalCalls
+from plumbing.settings import Settings
+from plumbing.temporal import Backoff
+from schemas.errors import OrphanError, SignatureError
+from schemas.events import Event, GatewayCallback, PaymentCancelRequested, PaymentCreated
+from schemas.ids import payment_workflow_id
+from schemas.workflow_api import CancelSignal, GatewayCallbackSignal, payment_input
 
 Handler = Callable[[Any], Awaitable[str]]
 
@@ -36,10 +32,6 @@ Handler = Callable[[Any], Awaitable[str]]
 waiting_for_payment: ContextVar[Callable[[], None] | None] = ContextVar(
     "waiting_for_payment", default=None
 )
-
-
-class OrphanError(PaybridgeError):
-    """A callback or cancel whose payment never started within the orphan timeout."""
 
 
 @dataclass(frozen=True)

@@ -11,15 +11,18 @@ from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry
 from temporalio.client import Client
 
-from bridge.codec import Codec
 from bridge.consumer import Bridge
 from bridge.dlq import DeadLetters
-from bridge.kafka import consumer as kafka_consumer
-from bridge.kafka import recovering_producer, start_when_reachable, stop_and_leave_group
-from bridge.metrics import BridgeMetrics, MetricsServer, ReadyCheck
+from bridge.metrics import BridgeMetrics
 from bridge.routing import build_routes
-from bridge.settings import Settings
 from bridge.temporal_calls import TemporalCalls
+from plumbing.health import MetricsServer, ReadyCheck
+from plumbing.kafka import consumer as kafka_consumer
+from plumbing.kafka import recovering_producer, start_when_reachable, stop_and_leave_group
+from plumbing.process import until_signalled
+from plumbing.settings import Settings
+from plumbing.temporal import connect_with_retry
+from schemas.codec import Codec
 
 log = logging.getLogger(__name__)
 
@@ -83,3 +86,19 @@ def _kafka_check(consumer: AIOKafkaConsumer) -> ReadyCheck:
         return True
 
     return check
+
+
+async def run_bridge(settings: Settings) -> None:
+    registry = CollectorRegistry()
+    async with (
+        until_signalled() as stop,
+        MetricsServer(registry, host="0.0.0.0", port=settings.metrics_port) as server,
+    ):
+        client = await connect_with_retry(settings)
+        async with open_bridge(settings, client, registry=registry, server=server) as bridge:
+            runner = asyncio.create_task(bridge.run())
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            bridge.stop()
+            stopper.cancel()
+            await runner

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -19,8 +18,11 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from bridge.events import PaymentCreated, payment_workflow_id
 from bridge.metrics import BridgeMetrics
+from plumbing.temporal import Backoff
+from schemas.errors import TemporalRejected
+from schemas.events import PaymentCreated
+from schemas.ids import payment_workflow_id
 
 log = logging.getLogger(__name__)
 
@@ -42,24 +44,6 @@ RETRYABLE = frozenset(
 CONFIGURATION = frozenset(
     {RPCStatusCode.PERMISSION_DENIED, RPCStatusCode.UNAUTHENTICATED, RPCStatusCode.UNIMPLEMENTED}
 )
-
-
-class TemporalRejected(Exception):
-    """Temporal refused the request as invalid: retrying would not help."""
-
-
-class Backoff:
-    """Capped exponential back-off with full jitter."""
-
-    def __init__(self, *, initial: float = 0.1, cap: float = 10.0) -> None:
-        self.initial = initial
-        self.cap = cap
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        ceiling = min(self.cap, self.initial * 2**self.attempt)
-        self.attempt += 1
-        return random.uniform(ceiling / 2, ceiling)
 
 
 class TemporalCalls:

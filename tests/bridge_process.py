@@ -13,9 +13,9 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from bridge.processes import free_port
-from bridge.settings import Settings, format_duration
+from plumbing.settings import Settings, format_duration
 from tests.support import GATEWAY_SECRET
+from tools.processes import free_port
 
 PAYBRIDGE = str(Path(sys.executable).parent / "paybridge")
 

@@ -11,12 +11,12 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from bridge.devstack import wait_for_temporal
-from bridge.kafka import create_topics
-from bridge.settings import Settings
+from plumbing.kafka import create_topics
+from plumbing.settings import Settings
 from tests import servers
 from tests.support import Stack, isolated_settings
-from workflows.ledger import Ledger
+from tools.devstack import wait_for_temporal
+from workflows.simulations.ledger import Ledger
 
 hypothesis_settings.register_profile("ci", max_examples=200, deadline=None, derandomize=True)
 hypothesis_settings.load_profile("ci")

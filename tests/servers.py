@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bridge.devstack import kafka_broker, temporal_server
-from bridge.processes import ServerProcess, free_port
+from tools.devstack import kafka_broker, temporal_server
+from tools.processes import ServerProcess, free_port
 
 HOST = "127.0.0.1"
 

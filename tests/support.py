@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry
 from temporalio import activity
@@ -20,30 +20,26 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 
-from bridge.codec import Codec
 from bridge.consumer import Bridge
-from bridge.events import (
-    GatewayCallback,
-    PaymentCreated,
-    PaymentMethod,
-    PaymentOutcome,
-    payment_workflow_id,
-)
-from bridge.kafka import consumer as kafka_consumer
-from bridge.kafka import idempotent_producer, outcome_reader
-from bridge.metrics import WorkerMetrics
 from bridge.service import open_bridge
-from bridge.settings import Settings
-from workflows.gateway import GatewayBehaviour, KafkaCallbackEmitter, SimulatedGateway
-from workflows.ledger import Ledger
-from workflows.notifications import NotificationSink
-from workflows.shared import (
+from plumbing.kafka import consumer as kafka_consumer
+from plumbing.kafka import idempotent_producer
+from plumbing.settings import Settings
+from schemas.codec import Codec
+from schemas.events import GatewayCallback, PaymentCreated, PaymentMethod, PaymentOutcome
+from schemas.ids import payment_workflow_id
+from schemas.workflow_api import (
     GatewayCallbackSignal,
     PaymentPhase,
     PaymentState,
     PaymentWorkflowInput,
-    PublishOutcomeInput,
 )
+from workflows.activities.kafka import kafka_io
+from workflows.metrics import WorkerMetrics
+from workflows.models import PublishOutcomeInput
+from workflows.simulations.gateway import GatewayBehaviour, SimulatedGateway
+from workflows.simulations.ledger import Ledger
+from workflows.simulations.notifications import NotificationSink
 from workflows.worker import WORKFLOWS, activities, fraud_worker, open_worker
 
 GATEWAY_SECRET = "test-secret"
@@ -159,29 +155,24 @@ async def running_worker(
 ) -> AsyncIterator[SimulatedGateway]:
     """The worker of one test, with a simulated gateway whose signed callbacks travel through
     the callbacks topic and the bridge (by default it approves every payment after ~50 ms)."""
-    producer: AIOKafkaProducer = idempotent_producer(stack.settings)
-    await producer.start()
-    simulator = SimulatedGateway(
-        gateway or GatewayBehaviour(latency=0.05),
-        emitter=KafkaCallbackEmitter(producer, topic=stack.settings.topic_callbacks),
-        secret=GATEWAY_SECRET,
-    )
-    try:
-        async with open_worker(
-            stack.client,
-            task_queue=stack.settings.temporal_task_queue,
-            ledger=stack.ledger,
-            producer=producer,
-            outcomes_topic=stack.settings.topic_outcomes,
-            metrics=WorkerMetrics(stack.registry),
-            gateway=simulator,
-            notifications=notifications,
-            outcome_reader=outcome_reader(stack.settings),
-        ):
-            yield simulator
-    finally:
-        await simulator.close()
-        await producer.stop()
+    async with kafka_io(stack.settings, metrics=WorkerMetrics(stack.registry)) as kafka:
+        simulator = SimulatedGateway(
+            gateway or GatewayBehaviour(latency=0.05),
+            emitter=kafka.callbacks,
+            secret=GATEWAY_SECRET,
+        )
+        try:
+            async with open_worker(
+                stack.client,
+                task_queue=stack.settings.temporal_task_queue,
+                ledger=stack.ledger,
+                outcomes=kafka.outcomes,
+                gateway=simulator,
+                notifications=notifications,
+            ):
+                yield simulator
+        finally:
+            await simulator.close()
 
 
 @contextlib.asynccontextmanager

@@ -16,10 +16,9 @@ from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
-from bridge.codec import MAGIC, Codec
-from bridge.events import CallbackStatus, GatewayCallback, PaymentCreated, PaymentOutcome
-from bridge.producing import encode_record
-from bridge.settings import Settings
+from plumbing.settings import Settings
+from schemas.codec import MAGIC, Codec
+from schemas.events import CallbackStatus, GatewayCallback, PaymentCreated, PaymentOutcome
 from tests.bridge_process import BridgeProcess
 from tests.servers import Server
 from tests.support import (
@@ -33,7 +32,8 @@ from tests.support import (
     running_bridge,
     running_worker,
 )
-from workflows.gateway import GatewayBehaviour, signed_callback
+from tools.producing import encode_record
+from workflows.simulations.gateway import GatewayBehaviour, signed_callback
 
 JSON = [("content-type", b"application/json")]
 
@@ -49,7 +49,7 @@ def assert_once_each(outcomes: list[PaymentOutcome], payment_ids: set[str]) -> N
 
 async def where_are(stack: Stack, payment_ids: set[str]) -> str:
     """The state of a few payments, for a failure message."""
-    from workflows.shared import PaymentState
+    from schemas.workflow_api import PaymentState
 
     lines = []
     for pid in sorted(payment_ids)[:3]:
@@ -166,7 +166,7 @@ async def test_hostile_input_goes_to_dlq_and_good_records_flow(
     assert_once_each(clean, {p.payment_id for p in clean_good})
 
     # The same again with every kind of bad record interleaved, on fresh topics.
-    from bridge.kafka import create_topics
+    from plumbing.kafka import create_topics
 
     tag = os.urandom(4).hex()
     hostile_settings = settings.model_copy(
@@ -325,7 +325,7 @@ def callback_for(
 
 
 async def callbacks_applied(stack: Stack, payment_id: str) -> int:
-    from workflows.shared import PaymentState
+    from schemas.workflow_api import PaymentState
 
     handle = stack.client.get_workflow_handle(f"payment-{payment_id}")
     state = await handle.query("status", result_type=PaymentState)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.processes import free_port
+from tools.processes import free_port
 
 PAYBRIDGE = str(Path(sys.executable).parent / "paybridge")
 

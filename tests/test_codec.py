@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from bridge.codec import MAGIC, Codec, SchemaRegistry
-from bridge.errors import DecodeError
-from bridge.events import (
+from schemas.codec import MAGIC, Codec, SchemaRegistry
+from schemas.errors import DecodeError
+from schemas.events import (
     CallbackStatus,
     GatewayCallback,
     OutcomeStatus,
     PaymentCancelRequested,
     PaymentCreated,
     PaymentOutcome,
-    outcome_event_id,
 )
+from schemas.ids import outcome_event_id
 from tests.support import payment
 
 JSON = [("content-type", b"application/json")]

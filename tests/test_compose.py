@@ -19,8 +19,8 @@ import jsonschema
 import pytest
 from ruamel.yaml import YAML
 
-from bridge.cli import main as cli
-from bridge.settings import Settings
+from plumbing.settings import Settings
+from tools.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"

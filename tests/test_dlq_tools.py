@@ -13,13 +13,11 @@ from aiokafka.structs import ConsumerRecord
 from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
 
-from bridge.cli import main
-from bridge.codec import Codec, SchemaRegistry
 from bridge.dlq import dlq_headers
-from bridge.dlq_tools import REDRIVEN_FROM, Selection, parse_refs, read_dlq, redrive
-from bridge.events import payment_workflow_id
 from bridge.service import open_bridge
-from bridge.settings import Settings
+from plumbing.settings import Settings
+from schemas.codec import Codec, SchemaRegistry
+from schemas.ids import payment_workflow_id
 from tests.support import (
     GATEWAY_SECRET,
     Stack,
@@ -31,6 +29,8 @@ from tests.support import (
     running_bridge,
     running_worker,
 )
+from tools.cli import main
+from tools.dlq import REDRIVEN_FROM, Selection, parse_refs, read_dlq, redrive
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 

@@ -7,10 +7,10 @@ import os
 
 from temporalio.client import Client
 
-from bridge.codec import Codec
-from bridge.events import OutcomeStatus, payment_workflow_id
-from bridge.producing import encode_record
-from bridge.settings import Settings
+from plumbing.settings import Settings
+from schemas.codec import Codec
+from schemas.events import OutcomeStatus
+from schemas.ids import payment_workflow_id
 from tests.support import (
     Stack,
     count_workflows,
@@ -22,6 +22,7 @@ from tests.support import (
     running_bridge,
     running_worker,
 )
+from tools.producing import encode_record
 
 
 async def wait_for_count(client: Client, query: str, expected: int, timeout: float = 30) -> int:
@@ -154,7 +155,7 @@ async def test_bad_records_are_skipped_and_do_not_block(stack: Stack) -> None:
 async def committed_everything(settings: Settings) -> bool:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from bridge.kafka import client_kwargs
+    from plumbing.kafka import client_kwargs
 
     consumer = AIOKafkaConsumer(
         **client_kwargs(settings), group_id=settings.consumer_group, enable_auto_commit=False

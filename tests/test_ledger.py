@@ -9,7 +9,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workflows.ledger import Ledger
+from workflows.simulations.ledger import Ledger
 
 
 def fresh(tmp_path: Path, balance: int = 1_000) -> Ledger:

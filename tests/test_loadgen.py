@@ -9,12 +9,13 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from bridge.cli import main
-from bridge.events import OutcomeStatus, PaymentOutcome, outcome_event_id
-from bridge.loadmix import Mix, PaymentFactory
-from bridge.loadstats import Tracker
-from bridge.settings import Settings
+from plumbing.settings import Settings
+from schemas.events import OutcomeStatus, PaymentOutcome
+from schemas.ids import outcome_event_id
 from tests.support import Stack, running_bridge, running_worker
+from tools.cli import main
+from tools.load.mix import Mix, PaymentFactory
+from tools.load.stats import Tracker
 
 # Short enough for a loaded 2-core machine: a payment runs the whole saga (~10 activities).
 COUNT = 50

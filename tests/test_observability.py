@@ -34,16 +34,13 @@ import pytest_asyncio
 from prometheus_client import CollectorRegistry
 from ruamel.yaml import YAML
 
-from bridge.codec import Codec
-from bridge.devstack import temporal_server, wait_for_temporal
-from bridge.errors import ConfigError
-from bridge.events import PaymentCancelRequested
-from bridge.kafka import create_topics
-from bridge.metrics import MetricsServer
-from bridge.processes import ServerProcess, free_port
-from bridge.producing import encode_record
-from bridge.settings import Settings
-from bridge.temporal import connect, sdk_metrics_runtime
+from plumbing.health import MetricsServer
+from plumbing.kafka import create_topics
+from plumbing.settings import Settings
+from plumbing.temporal import connect, sdk_metrics_runtime
+from schemas.codec import Codec
+from schemas.errors import ConfigError
+from schemas.events import PaymentCancelRequested
 from tests import servers
 from tests.support import (
     Stack,
@@ -54,7 +51,10 @@ from tests.support import (
     running_bridge,
     running_worker,
 )
-from workflows.ledger import Ledger
+from tools.devstack import temporal_server, wait_for_temporal
+from tools.processes import ServerProcess, free_port
+from tools.producing import encode_record
+from workflows.simulations.ledger import Ledger
 
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parents[1]

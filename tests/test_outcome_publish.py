@@ -7,13 +7,14 @@ from datetime import UTC, datetime, timedelta
 
 from temporalio.testing import ActivityEnvironment
 
-from bridge.codec import Codec
-from bridge.events import OutcomeStatus, PaymentOutcome, outcome_event_id
-from bridge.kafka import idempotent_producer, outcome_reader
-from bridge.settings import Settings
+from plumbing.kafka import idempotent_producer, outcome_reader
+from plumbing.settings import Settings
+from schemas.codec import Codec
+from schemas.events import OutcomeStatus, PaymentOutcome
+from schemas.ids import outcome_event_id
 from tests.support import read_topic
-from workflows.activities import OutcomeActivities
-from workflows.shared import PublishOutcomeInput
+from workflows.activities.kafka import OutcomeActivities
+from workflows.models import PublishOutcomeInput
 
 
 def outcome(payment_id: str) -> PaymentOutcome:

@@ -12,11 +12,11 @@ from pathlib import Path
 
 from aiokafka.errors import KafkaError
 
-from bridge.devstack import kafka_broker
-from bridge.kafka import create_topics, recovering_producer
-from bridge.processes import free_port
-from bridge.settings import Settings
+from plumbing.kafka import create_topics, recovering_producer
+from plumbing.settings import Settings
 from tests.support import read_topic
+from tools.devstack import kafka_broker
+from tools.processes import free_port
 
 HOST = "127.0.0.1"
 PARTITIONS = 3

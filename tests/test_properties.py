@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.codec import MAGIC, Codec
-from bridge.errors import DecodeError
-from bridge.events import (
+from schemas.codec import MAGIC, Codec
+from schemas.errors import DecodeError
+from schemas.events import (
     CallbackStatus,
     Event,
     GatewayCallback,

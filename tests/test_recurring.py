@@ -12,19 +12,19 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from bridge.events import CallbackStatus, OutcomeStatus
-from tests.support import GATEWAY_SECRET, Harness, payment, time_skipping_worker
-from workflows.admin import register_search_attributes
-from workflows.gateway import GatewayBehaviour, signed_callback
-from workflows.ledger import DEMO_BALANCE_MINOR, Ledger
-from workflows.recurring import recurring_workflow_id, term_payment_id
-from workflows.shared import (
+from schemas.events import CallbackStatus, OutcomeStatus
+from schemas.ids import recurring_workflow_id, term_payment_id
+from schemas.workflow_api import (
     GatewayCallbackSignal,
     PaymentPhase,
     RecurringCancelSignal,
     RecurringInput,
     RecurringState,
 )
+from tests.support import GATEWAY_SECRET, Harness, payment, time_skipping_worker
+from tools.namespace import register_search_attributes
+from workflows.simulations.gateway import GatewayBehaviour, signed_callback
+from workflows.simulations.ledger import DEMO_BALANCE_MINOR, Ledger
 
 MONTH = timedelta(days=30)
 

@@ -9,20 +9,11 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 
-from bridge.codec import HEADER_LEN, Codec
-from bridge.events import CallbackStatus, GatewayCallback, PaymentCreated, to_millis
-from bridge.kafka import client_kwargs
-from bridge.producing import encode_record
-from bridge.replay import (
-    Position,
-    ReplayError,
-    Rewriter,
-    plan_replay,
-    reset_group,
-    rewrite_event,
-    run_replay,
-)
-from bridge.settings import Settings
+from plumbing.kafka import client_kwargs
+from plumbing.settings import Settings
+from schemas.codec import HEADER_LEN, Codec
+from schemas.errors import ReplayError
+from schemas.events import CallbackStatus, GatewayCallback, PaymentCreated, to_millis
 from tests.support import (
     Stack,
     count_workflows,
@@ -34,6 +25,8 @@ from tests.support import (
     running_bridge,
     running_worker,
 )
+from tools.producing import encode_record
+from tools.replay import Position, Rewriter, plan_replay, reset_group, rewrite_event, run_replay
 
 COUNT = 12
 

@@ -12,8 +12,9 @@ from typing import Any, cast
 
 import pytest
 
-from bridge.routing import OrphanError, Orphans, waiting_for_payment
+from bridge.routing import Orphans, waiting_for_payment
 from bridge.temporal_calls import TemporalCalls
+from schemas.errors import OrphanError
 
 
 class FakeSignals:

@@ -22,18 +22,18 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from bridge.devstack import DEV_GATEWAY_SECRET
-from bridge.events import CallbackStatus, OutcomeStatus, PaymentOutcome
-from bridge.processes import free_port
-from bridge.producing import read_outcomes, send_events
-from bridge.settings import Settings
-from bridge.temporal import connect
+from plumbing.settings import Settings
+from plumbing.temporal import connect
+from schemas.events import CallbackStatus, OutcomeStatus, PaymentOutcome
+from schemas.ids import recurring_workflow_id
+from schemas.workflow_api import PaymentPhase, PaymentState, RecurringState
 from tests.support import Harness, payment, time_skipping_worker
-from workflows.admin import register_search_attributes
-from workflows.gateway import signed_callback
-from workflows.ledger import DEMO_BALANCE_MINOR, Ledger
-from workflows.recurring import recurring_workflow_id
-from workflows.shared import PaymentPhase, PaymentState, RecurringState
+from tools.devstack import DEV_GATEWAY_SECRET
+from tools.namespace import register_search_attributes
+from tools.processes import free_port
+from tools.producing import read_outcomes, send_events
+from workflows.simulations.gateway import signed_callback
+from workflows.simulations.ledger import DEMO_BALANCE_MINOR, Ledger
 
 PAYBRIDGE = str(Path(sys.executable).parent / "paybridge")
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 
-from bridge.codec import Codec
-from bridge.events import CallbackStatus, OutcomeStatus, PaymentCreated, payment_workflow_id
-from bridge.processes import free_port
-from bridge.producing import encode_record, send_events
-from bridge.settings import Settings
+from plumbing.settings import Settings
+from schemas.codec import Codec
+from schemas.events import CallbackStatus, OutcomeStatus, PaymentCreated
+from schemas.ids import payment_workflow_id
+from schemas.workflow_api import PaymentPhase, PaymentState
 from tests.support import (
     GATEWAY_SECRET,
     Stack,
@@ -32,8 +32,9 @@ from tests.support import (
     running_bridge,
     running_worker,
 )
-from workflows.gateway import GatewayBehaviour, signed_callback
-from workflows.shared import PaymentPhase, PaymentState
+from tools.processes import free_port
+from tools.producing import encode_record, send_events
+from workflows.simulations.gateway import GatewayBehaviour, signed_callback
 
 PAYBRIDGE = str(Path(sys.executable).parent / "paybridge")
 SILENT = GatewayBehaviour(callbacks=False)

@@ -19,28 +19,26 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
-from bridge.events import (
+from schemas.events import (
     CallbackStatus,
     OutcomeStatus,
     PaymentCreated,
     PaymentMethod,
     PaymentOutcome,
 )
-from tests.support import GATEWAY_SECRET, Harness, payment, time_skipping_worker
-from workflows.activities import LedgerActivities
-from workflows.admin import register_search_attributes
-from workflows.gateway import signed_callback
-from workflows.ledger import Ledger
-from workflows.shared import (
-    Authorization,
-    AuthorizeInput,
+from schemas.workflow_api import (
     CancelSignal,
     GatewayCallbackSignal,
     PaymentPhase,
     PaymentWorkflowInput,
     ResolveSignal,
-    ValidatePaymentInput,
 )
+from tests.support import GATEWAY_SECRET, Harness, payment, time_skipping_worker
+from tools.namespace import register_search_attributes
+from workflows.activities.ledger import LedgerActivities
+from workflows.models import Authorization, AuthorizeInput, ValidatePaymentInput
+from workflows.simulations.gateway import signed_callback
+from workflows.simulations.ledger import Ledger
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -5,7 +5,7 @@ I/O lives in ``activities`` (ledger, simulated gateway, notifications, Kafka). `
 ``admin`` are the client side used by the CLI.
 """
 
-from workflows.shared import (
+from schemas.workflow_api import (
     SEARCH_ATTRIBUTES,
     TASK_QUEUE,
     PaymentPhase,

@@ -14,7 +14,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.shared import FraudCheckInput, FraudScore, FraudVerdict
+    from workflows.models import FraudCheckInput, FraudScore, FraudVerdict
 
 FRAUD_THRESHOLD = 80
 

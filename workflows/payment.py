@@ -25,36 +25,33 @@ from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
-    from bridge.events import (
-        CallbackStatus,
-        GatewayCallback,
-        OutcomeStatus,
-        PaymentOutcome,
-        outcome_event_id,
-    )
-    from workflows.fraud import fraud_task_queue, fraud_workflow_id
-    from workflows.shared import (
+    from schemas.events import CallbackStatus, GatewayCallback, OutcomeStatus, PaymentOutcome
+    from schemas.ids import outcome_event_id
+    from schemas.workflow_api import (
         DEFAULT_CALLBACK_TIMEOUT,
         DEFAULT_STALE_RETRY_DELAY,
+        CancelSignal,
+        GatewayCallbackSignal,
+        PaymentPhase,
+        PaymentState,
+        PaymentWorkflowInput,
+        ResolveSignal,
+        Step,
+    )
+    from workflows.fraud import fraud_task_queue, fraud_workflow_id
+    from workflows.models import (
         GATEWAY_DECLINED,
         Authorization,
         AuthorizeInput,
-        CancelSignal,
         CreditBackInput,
         DebitInput,
         DebitResult,
         FraudCheckInput,
         FraudVerdict,
-        GatewayCallbackSignal,
         GatewayStatus,
         GatewayStatusInput,
         NotifyInput,
-        PaymentPhase,
-        PaymentState,
-        PaymentWorkflowInput,
         PublishOutcomeInput,
-        ResolveSignal,
-        Step,
         ValidatePaymentInput,
         ValidationVerdict,
         VoidInput,

@@ -15,22 +15,15 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
-    from bridge.events import PaymentCreated, PaymentOutcome, payment_workflow_id
-    from workflows.shared import (
+    from schemas.events import PaymentCreated, PaymentOutcome
+    from schemas.ids import payment_workflow_id, term_payment_id
+    from schemas.workflow_api import (
         Charge,
         PaymentWorkflowInput,
         RecurringCancelSignal,
         RecurringInput,
         RecurringState,
     )
-
-
-def recurring_workflow_id(subscription_id: str) -> str:
-    return f"recurring-{subscription_id}"
-
-
-def term_payment_id(subscription_id: str, term: int) -> str:
-    return f"{subscription_id}-t{term:03d}"
 
 
 @workflow.defn(name="RecurringPaymentWorkflow")

@@ -1,33 +1,35 @@
-"""The Temporal worker: registers the payment workflows and their activities on ``payments``."""
+"""The Temporal worker: the payment workflows and their activities on ``payments``, the fraud
+check on its own queue, and ``paybridge worker``'s process (``run_worker``)."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from prometheus_client import CollectorRegistry
 from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-from bridge.codec import Codec
-from bridge.kafka import RecordSender
-from bridge.metrics import WorkerMetrics
-from workflows.activities import (
-    FraudActivities,
-    GatewayActivities,
-    LedgerActivities,
-    NotificationActivities,
-    OutcomeActivities,
-)
+from plumbing.health import MetricsServer
+from plumbing.process import until_signalled
+from plumbing.settings import Settings
+from plumbing.temporal import connect_with_retry, sdk_metrics_runtime
+from workflows.activities.fraud import FraudActivities
+from workflows.activities.gateway import GatewayActivities
+from workflows.activities.kafka import OutcomeActivities, kafka_io
+from workflows.activities.ledger import LedgerActivities
+from workflows.activities.notifications import NotificationActivities
 from workflows.fraud import FraudCheckWorkflow, fraud_task_queue
-from workflows.gateway import SimulatedGateway
-from workflows.ledger import Ledger
-from workflows.notifications import NotificationSink
+from workflows.metrics import WorkerMetrics
 from workflows.payment import PaymentWorkflow
 from workflows.recurring import RecurringPaymentWorkflow
+from workflows.simulations.gateway import CallbackEmitter, GatewayBehaviour, SimulatedGateway
+from workflows.simulations.ledger import Ledger
+from workflows.simulations.notifications import NotificationSink
 
 # Workflows of the payments task queue; the fraud check has a queue of its own.
 WORKFLOWS = [PaymentWorkflow, RecurringPaymentWorkflow]
@@ -48,9 +50,12 @@ SANDBOX = SandboxedWorkflowRunner(
         "pydantic",
         "pydantic_core",
         "annotated_types",
-        "bridge.events",
-        "bridge.currencies",
-        "workflows.shared",
+        "schemas.errors",
+        "schemas.events",
+        "schemas.currencies",
+        "schemas.ids",
+        "schemas.workflow_api",
+        "workflows.models",
     )
 )
 
@@ -86,27 +91,18 @@ async def open_worker(
     *,
     task_queue: str,
     ledger: Ledger,
-    producer: RecordSender,
-    outcomes_topic: str,
-    metrics: WorkerMetrics | None = None,
-    codec: Codec | None = None,
+    outcomes: OutcomeActivities | None,
     gateway: SimulatedGateway | None = None,
     notifications: NotificationSink | None = None,
     extra_activities: Sequence[Callable[..., Any]] = (),
-    outcome_reader: Callable[[], AIOKafkaConsumer] | None = None,
 ) -> AsyncIterator[Worker]:
     """A running worker; on exit it finishes its tasks and stops polling.
 
-    Without ``gateway`` the simulated gateway accepts authorisation requests and sends no
-    callbacks: callbacks then come only from producers of the callbacks topic.
+    ``outcomes`` publishes the outcomes (None: a test registers its own ``publish_outcome`` in
+    ``extra_activities``). Without ``gateway`` the simulated gateway accepts authorisation
+    requests and sends no callbacks: callbacks then come only from producers of the callbacks
+    topic.
     """
-    outcome_activities = OutcomeActivities(
-        producer,
-        topic=outcomes_topic,
-        codec=codec or Codec(),
-        metrics=metrics,
-        reader=outcome_reader,
-    )
     gateway = gateway or SimulatedGateway()
     # Ledger calls are short blocking SQLite calls: a small thread pool runs them.
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
@@ -119,7 +115,7 @@ async def open_worker(
                     ledger=ledger,
                     gateway=gateway,
                     notifications=notifications or NotificationSink(),
-                    outcomes=outcome_activities,
+                    outcomes=outcomes,
                 ),
                 *extra_activities,
             ],
@@ -144,3 +140,56 @@ def fraud_worker(
         max_concurrent_workflow_tasks=WORKFLOW_TASK_SLOTS,
         workflow_runner=SANDBOX,
     )
+
+
+def simulated_gateway(
+    settings: Settings, emitter: CallbackEmitter | None, *, secret: str, callbacks: bool = True
+) -> SimulatedGateway:
+    """The gateway of ``paybridge dev`` and ``paybridge worker``: ratios and latency from
+    ``PAYBRIDGE_SIM_*``, callbacks signed with ``secret`` and handed to ``emitter``."""
+    behaviour = GatewayBehaviour(
+        approve=settings.sim_approve,
+        decline=settings.sim_decline,
+        error=settings.sim_error,
+        never=settings.sim_never_answer,
+        latency=settings.sim_latency.total_seconds(),
+        transient_errors=settings.sim_transient_errors,
+        callbacks=callbacks,
+    )
+    return SimulatedGateway(behaviour, emitter=emitter, secret=secret)
+
+
+async def run_worker(
+    settings: Settings, *, ledger_path: Path, seed: bool, simulator: bool = True
+) -> None:
+    """``paybridge worker``: the worker with its ledger, simulated gateway and metrics server,
+    until SIGINT or SIGTERM."""
+    secret = settings.require_gateway_secret()  # callbacks are signed with it
+    registry = CollectorRegistry()
+    ledger = Ledger(ledger_path)
+    if seed:
+        ledger.seed()
+    metrics = WorkerMetrics(registry)
+    try:
+        async with (
+            until_signalled() as stop,
+            MetricsServer(registry, host="0.0.0.0", port=settings.metrics_port),
+        ):
+            client = await connect_with_retry(settings, runtime=sdk_metrics_runtime(settings))
+            async with kafka_io(settings, metrics=metrics) as kafka:
+                gateway = simulated_gateway(
+                    settings, kafka.callbacks, secret=secret, callbacks=simulator
+                )
+                try:
+                    async with open_worker(
+                        client,
+                        task_queue=settings.temporal_task_queue,
+                        ledger=ledger,
+                        outcomes=kafka.outcomes,
+                        gateway=gateway,
+                    ):
+                        await stop.wait()
+                finally:
+                    await gateway.close()
+    finally:
+        ledger.close()

@@ -13,12 +13,12 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bridge.devstack import kafka_broker, temporal_server
-from bridge.kafka import create_topics
-from bridge.processes import ServerProcess, free_port
-from bridge.settings import Settings
+from plumbing.kafka import create_topics
+from plumbing.settings import Settings
 from tests.bridge_process import settings_env
 from tests.support import GATEWAY_SECRET
+from tools.devstack import kafka_broker, temporal_server
+from tools.processes import ServerProcess, free_port
 
 HOST = "127.0.0.1"
 PAYBRIDGE = str(Path(sys.executable).parent / "paybridge")

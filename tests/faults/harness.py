@@ -23,15 +23,16 @@ from aiokafka.errors import KafkaError
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from bridge.codec import Codec
-from bridge.devstack import wait_for_temporal
-from bridge.events import OutcomeStatus, PaymentCreated, PaymentOutcome, payment_workflow_id
-from bridge.kafka import consumer as kafka_consumer
-from bridge.kafka import recovering_producer
-from bridge.producing import encode_record
+from plumbing.kafka import consumer as kafka_consumer
+from plumbing.kafka import recovering_producer
+from schemas.codec import Codec
+from schemas.events import OutcomeStatus, PaymentCreated, PaymentOutcome
+from schemas.ids import payment_workflow_id
 from tests.faults.cluster import Cluster, cluster
 from tests.support import read_topic
-from workflows.ledger import Ledger
+from tools.devstack import wait_for_temporal
+from tools.producing import encode_record
+from workflows.simulations.ledger import Ledger
 
 log = logging.getLogger(__name__)
 

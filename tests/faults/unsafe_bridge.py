@@ -18,6 +18,6 @@ def _commit_on_fetch(self: consumer.Bridge, tp: Any, offsets: Any, record: Any) 
 consumer.Bridge._dispatch = _commit_on_fetch  # type: ignore[method-assign]
 
 if __name__ == "__main__":
-    from bridge.cli import main
+    from tools.cli import main
 
     main()

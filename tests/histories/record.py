@@ -20,8 +20,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from tests.support import payment, time_skipping_worker
-from workflows.admin import register_search_attributes
-from workflows.ledger import Ledger
+from tools.namespace import register_search_attributes
+from workflows.simulations.ledger import Ledger
 
 HERE = Path(__file__).parent
 CASES = {

@@ -1,0 +1,347 @@
+"""Kafka clients built from settings, and topic administration."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    OutOfOrderSequenceNumber,
+    TopicAlreadyExistsError,
+    UnknownProducerId,
+)
+
+from plumbing.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Large enough for the DLQ to keep an oversized bad record untouched.
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+# Input and DLQ topics accept records this large, so that an oversized bad record reaches the
+# bridge and the DLQ (untouched) instead of failing at its producer or being lost on the way.
+TOPIC_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+def client_kwargs(settings: Settings) -> dict[str, Any]:
+    """Connection arguments shared by every aiokafka client."""
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        kwargs["ssl_context"] = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+    if settings.kafka_security_protocol.startswith("SASL"):
+        kwargs["sasl_mechanism"] = settings.kafka_sasl_mechanism or "PLAIN"
+        kwargs["sasl_plain_username"] = settings.kafka_sasl_username
+        if settings.kafka_sasl_password is not None:
+            kwargs["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return kwargs
+
+
+def idempotent_producer(settings: Settings, **extra: Any) -> AIOKafkaProducer:
+    """A producer that never writes a retried send twice (acks=all, idempotence on)."""
+    return AIOKafkaProducer(
+        **client_kwargs(settings),
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=5,
+        max_request_size=MAX_REQUEST_BYTES,
+        **extra,
+    )
+
+
+class RecordSender(Protocol):
+    """What publishing code needs of a producer: an aiokafka producer or a
+    :class:`RecoveringProducer`."""
+
+    async def send_and_wait(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> Any: ...
+
+    async def partitions_for(self, topic: str) -> set[int]: ...
+
+    async def flush(self) -> None: ...
+
+
+# The broker no longer knows this producer's id or sequence numbers (it lost its producer state,
+# e.g. across a restart). aiokafka's idempotent producer never recovers from these: every later
+# send to the partition fails the same way. The batch was rejected, so nothing was written.
+PRODUCER_STATE_ERRORS: tuple[type[KafkaError], ...] = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+)
+SEND_TIMEOUT_SECONDS = 60.0
+
+
+class RecoveringProducer:
+    """A long-lived idempotent producer that replaces itself when the broker forgets it.
+
+    Seen on the embedded broker after two clean restarts: every send failed with
+    OutOfOrderSequenceNumber, for good, so the worker published no more outcomes. Kafka's Java
+    client recovers from this by bumping its epoch (KIP-360); aiokafka does not. Here a send
+    failing with a producer-state error gets a fresh producer (new producer id) and is sent again
+    once; one that hangs past ``send_timeout`` also replaces the producer, then raises
+    :class:`KafkaTimeoutError` because it may have been written. Callers already retry Kafka
+    errors (the DLQ writer, the outcome activity, which first looks for its record).
+    """
+
+    def __init__(
+        self,
+        make: Callable[[], AIOKafkaProducer],
+        *,
+        what: str,
+        send_timeout: float = SEND_TIMEOUT_SECONDS,
+        on_replace: Callable[[], None] | None = None,
+    ) -> None:
+        self._make = make
+        self._what = what
+        self._send_timeout = send_timeout
+        self._on_replace = on_replace
+        self._producer = make()
+        self._started = False
+        self._lock = asyncio.Lock()
+        self.replaced = 0
+
+    async def start(self) -> None:
+        await self._producer.start()
+        self._started = True
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def flush(self) -> None:
+        await (await self._current()).flush()
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return set(await (await self._current()).partitions_for(topic))
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> asyncio.Task[Any]:
+        """Pipelined send, like aiokafka's: the task resolves once Kafka has the record.
+
+        Callers bound how many they leave pending (the load generator, replay and the CLI
+        flush every few hundred), since this does not wait for buffer space.
+        """
+        task = asyncio.create_task(
+            self.send_and_wait(topic, value, key, partition, timestamp_ms, headers)
+        )
+        await asyncio.sleep(0)  # let it reach the producer's buffer, in order of sending
+        return task
+
+    async def send_and_wait(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> Any:
+        for attempt in (1, 2):
+            producer = await self._current()
+            try:
+                return await asyncio.wait_for(
+                    producer.send_and_wait(topic, value, key, partition, timestamp_ms, headers),
+                    self._send_timeout,
+                )
+            except PRODUCER_STATE_ERRORS as exc:
+                await self._replace(producer, exc)
+                if attempt == 2:
+                    raise
+            except TimeoutError as exc:
+                await self._replace(producer, exc)
+                raise KafkaTimeoutError(
+                    f"{self._what}: no answer to a send to {topic} in {self._send_timeout:.0f}s"
+                ) from exc
+        raise AssertionError("unreachable")
+
+    async def _current(self) -> AIOKafkaProducer:
+        if not self._started:  # a replacement made while Kafka was unreachable
+            async with self._lock:
+                if not self._started:
+                    await self._producer.start()
+                    self._started = True
+        return self._producer
+
+    async def _replace(self, failed: AIOKafkaProducer, error: BaseException) -> None:
+        async with self._lock:
+            if self._producer is not failed:
+                return  # another send already replaced it
+            log.warning("%s: replacing the Kafka producer after %r", self._what, error)
+            self._producer, self._started = self._make(), False
+            self.replaced += 1
+            if self._on_replace is not None:
+                self._on_replace()
+            with contextlib.suppress(KafkaError):
+                await self._producer.start()
+                self._started = True
+        with contextlib.suppress(Exception, TimeoutError):
+            await asyncio.wait_for(failed.stop(), 5)  # its pending sends fail and come back here
+
+
+def recovering_producer(
+    settings: Settings, *, what: str, on_replace: Callable[[], None] | None = None
+) -> RecoveringProducer:
+    """An :func:`idempotent_producer` for a long-lived process (bridge DLQ, worker)."""
+    return RecoveringProducer(
+        lambda: idempotent_producer(settings), what=what, on_replace=on_replace
+    )
+
+
+FETCH_API_KEY = 1
+FETCH_MAX_WAIT_MS = 100
+
+
+def consumer(settings: Settings, *topics: str, **extra: Any) -> AIOKafkaConsumer:
+    """A consumer whose idle fetches wait like Kafka's long poll, whatever the broker does.
+
+    Kafka holds a fetch that has no data for up to ``fetch_max_wait_ms``. A broker that
+    answers at once (the embedded dev broker does) would make aiokafka's fetcher spin at
+    thousands of empty fetches a second, a core's worth of CPU while idle. So an empty answer
+    that came back early is held for the rest of that time here; against Kafka this is a no-op.
+    """
+    kwargs: dict[str, Any] = {"fetch_max_wait_ms": FETCH_MAX_WAIT_MS, **extra}
+    created = AIOKafkaConsumer(*topics, **client_kwargs(settings), **kwargs)
+    _hold_empty_fetches(created, kwargs["fetch_max_wait_ms"] / 1000)
+    return created
+
+
+async def stop_and_leave_group(created: AIOKafkaConsumer) -> None:
+    """Stop a group consumer and leave its group, also when it has a static identity.
+
+    A static member (``group_instance_id``) does not send LeaveGroup on close, so the group
+    keeps its partitions for it: on Kafka until ``session.timeout.ms`` passes, on the embedded
+    broker for good. A bridge stopped on purpose has committed what it finished, so it hands its
+    partitions over now; only a crashed bridge relies on its static id to take them back.
+    LeaveGroup by member id is valid for a static member (Kafka removes it and its instance id).
+    """
+    coordinator = getattr(created, "_coordinator", None)
+    if coordinator is not None:
+        coordinator._group_instance_id = None  # aiokafka has no close option for this
+    await created.stop()
+
+
+def outcome_reader(settings: Settings) -> Callable[[], AIOKafkaConsumer]:
+    """Makes group-less consumers with which a retried outcome publish looks for its record."""
+    return lambda: consumer(settings, enable_auto_commit=False)
+
+
+def _hold_empty_fetches(created: AIOKafkaConsumer, wait: float) -> None:
+    client = created._client  # aiokafka offers no hook for this: wrap the client's send
+    send = client.send
+
+    async def held_send(node_id: int, request: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(request, "API_KEY", None) != FETCH_API_KEY:
+            return await send(node_id, request, *args, **kwargs)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        response = await send(node_id, request, *args, **kwargs)
+        remaining = wait - (loop.time() - started)
+        if remaining > 0 and _no_records(response):
+            await asyncio.sleep(remaining)
+        return response
+
+    client.send = held_send
+
+
+def _no_records(response: Any) -> bool:
+    for _topic, partitions in response.topics:
+        for _partition, _error, _highwater, *data in partitions:
+            if data and data[-1]:
+                return False
+    return True
+
+
+async def start_when_reachable(client: Any, settings: Settings, *, what: str) -> None:
+    """Start an aiokafka client, waiting (and saying so) while Kafka cannot be reached, so that
+    a process started during a broker restart waits for it instead of exiting."""
+    delay = 0.5
+    while True:
+        try:
+            await client.start()
+            return
+        except KafkaConnectionError as exc:
+            log.warning(
+                "%s: Kafka at %s (KAFKA_BOOTSTRAP_SERVERS) not reachable (%s); retrying in %.1fs",
+                what,
+                settings.kafka_bootstrap_servers,
+                exc,
+                delay,
+            )
+            await asyncio.sleep(delay)  # a stopped aiokafka client cannot start again: retry
+            delay = min(delay * 2, 10.0)
+
+
+def topic_specs(settings: Settings) -> dict[str, int]:
+    """Every topic paybridge uses, with its partition count."""
+    specs = dict.fromkeys(settings.input_topics, settings.input_partitions)
+    specs[settings.topic_outcomes] = settings.input_partitions
+    specs[settings.topic_dlq] = 1
+    return specs
+
+
+async def create_topics(settings: Settings, specs: dict[str, int] | None = None) -> list[str]:
+    """Create the missing topics; returns the names created (existing ones are left as they are)."""
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = specs if specs is not None else topic_specs(settings)
+        missing = [
+            NewTopic(
+                name,
+                num_partitions=partitions,
+                replication_factor=1,
+                topic_configs={"max.message.bytes": str(TOPIC_MAX_MESSAGE_BYTES)},
+            )
+            for name, partitions in wanted.items()
+            if name not in existing
+        ]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                log.info("topics created concurrently by another process")
+        return [topic.name for topic in missing]
+    finally:
+        await admin.close()
+
+
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """``consumer.stop()``, for a consumer that may be stopped right after it started.
+
+    aiokafka 0.14 lets the cancellation of an internal task (``_reset_committed_routine``)
+    escape ``stop()`` when it comes right after ``start()`` (e.g. a tool that finds its topic
+    missing); that would hide the tool's own error. Our own cancellation still propagates.
+    """
+    task = asyncio.current_task()
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        if task is not None and task.cancelling():
+            raise
+        await consumer.stop()  # the rest of the shutdown

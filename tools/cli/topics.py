@@ -1,0 +1,34 @@
+"""`paybridge topics create`: Kafka topic administration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from tools.cli.common import CONNECTION_FLAGS, guard, run_async, settings_from, settings_options
+
+
+@click.group()
+def topics() -> None:
+    """Kafka topic administration."""
+
+
+@topics.command("create")
+@settings_options(CONNECTION_FLAGS[:2])
+@click.option(
+    "--partitions",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Partitions of each input topic [env PAYBRIDGE_INPUT_PARTITIONS; default 6]",
+)
+@guard
+def topics_create(partitions: int | None, **options: Any) -> None:
+    """Create every topic paybridge uses (existing topics are left as they are)."""
+    from plumbing.kafka import create_topics, topic_specs
+
+    settings = settings_from({**options, "input_partitions": partitions})
+    created = run_async(create_topics(settings))
+    for name, count in topic_specs(settings).items():
+        state = "created" if name in created else "exists"
+        click.echo(f"{name:<32} {count:>3} partitions  {state}")
