@@ -1,23 +1,32 @@
 # syntax=docker/dockerfile:1
 # One image for every paybridge process of docker-compose.yml: `paybridge bridge`,
-# `paybridge worker` and the one-shot `paybridge topics create`.
+# `paybridge worker` and the one-shot `paybridge topics create`. It carries the runtime only:
+# no embedded servers, no plotting (those are the `dev` and `tools` extras).
 ARG PYTHON_IMAGE=python:3.11.10-slim-bookworm
 
-FROM ${PYTHON_IMAGE} AS build
-WORKDIR /src
-COPY . .
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
-
-FROM ${PYTHON_IMAGE}
+# The dependencies, in a layer of their own: rebuilt only when pyproject.toml changes, not
+# on every change to the source.
+FROM ${PYTHON_IMAGE} AS runtime
 ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PAYBRIDGE_METRICS_PORT=9464 \
     PAYBRIDGE_SDK_METRICS_PORT=9465
+WORKDIR /src
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+    && pip install --no-cache-dir -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+FROM runtime AS build
+COPY . .
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
+FROM runtime
 RUN useradd --create-home --uid 10001 paybridge \
     && mkdir /data \
     && chown paybridge /data
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+RUN pip install --no-cache-dir --no-deps /wheels/*.whl && rm -rf /wheels /src
 USER paybridge
 WORKDIR /data
 # /metrics, /healthz and /readyz; the worker also serves the Temporal SDK's metrics on 9465.
