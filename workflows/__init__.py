@@ -1,28 +1,10 @@
 """paybridge's Temporal side: the payment workflows, their activities and the worker.
 
-Workflow modules (``payment``, ``fraud``, ``recurring``) are deterministic and replayed; every
-I/O lives in ``activities`` (ledger, simulated gateway, notifications, Kafka). ``control`` and
-``admin`` are the client side used by the CLI.
+Workflow modules (``payment``, ``fraud``, ``recurring``) are deterministic and replayed, and
+import only pure models (``models``, ``schemas``) through the sandbox's pass-through; every
+I/O lives in ``activities`` (one module per external system), which call the simulated
+services of ``simulations``. ``worker`` assembles them and runs ``paybridge worker``.
+
+This file imports nothing on purpose: the workflow sandbox imports the package afresh for each
+workflow, and a model imported here would be a different class from the one passed through.
 """
-
-from schemas.workflow_api import (
-    SEARCH_ATTRIBUTES,
-    TASK_QUEUE,
-    PaymentPhase,
-    PaymentState,
-    PaymentWorkflowInput,
-    RecurringInput,
-    RecurringState,
-    payment_input,
-)
-
-__all__ = [
-    "SEARCH_ATTRIBUTES",
-    "TASK_QUEUE",
-    "PaymentPhase",
-    "PaymentState",
-    "PaymentWorkflowInput",
-    "RecurringInput",
-    "RecurringState",
-    "payment_input",
-]
