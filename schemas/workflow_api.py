@@ -25,6 +25,16 @@ SEARCH_ATTRIBUTES = {"PaymentStatus": "Keyword", "MerchantId": "Keyword"}
 
 DEFAULT_CALLBACK_TIMEOUT = timedelta(minutes=5)
 DEFAULT_STALE_RETRY_DELAY = timedelta(minutes=30)
+DEFAULT_ORPHAN_TIMEOUT = timedelta(minutes=10)
+
+# Names on the wire: the workflow types, signals and query the bridge and operators use.
+PAYMENT_WORKFLOW = "PaymentWorkflow"
+RECURRING_WORKFLOW = "RecurringPaymentWorkflow"
+SIGNAL_PAYMENT_CREATED = "payment_created"
+SIGNAL_GATEWAY_CALLBACK = "gateway_callback"
+SIGNAL_CANCEL = "cancel"
+SIGNAL_RESOLVE = "resolve"
+QUERY_STATUS = "status"
 
 
 class PaymentPhase(StrEnum):
@@ -39,11 +49,29 @@ class PaymentPhase(StrEnum):
     TIMED_OUT = "TIMED_OUT"
 
 
+class SourceRecord(BaseModel):
+    """The Kafka record a signal came from: where it was and its bytes, untouched, so that
+    the workflow can dead-letter it (an early callback whose payment never came) exactly as
+    the bridge would have."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None = None
+    value: bytes | None = None
+    headers: list[tuple[str, bytes]] = Field(default_factory=list)
+
+
 class PaymentWorkflowInput(BaseModel):
-    payment: PaymentCreated
-    # Timers (PAYBRIDGE_CALLBACK_TIMEOUT, PAYBRIDGE_STALE_RETRY_DELAY); None = the defaults.
+    # None: the run was started by a callback or cancel that came before its payment (the
+    # bridge's signal-with-start); it waits for the ``payment_created`` signal.
+    payment: PaymentCreated | None
+    # Timers (PAYBRIDGE_CALLBACK_TIMEOUT, PAYBRIDGE_STALE_RETRY_DELAY,
+    # PAYBRIDGE_ORPHAN_TIMEOUT); None = the defaults.
     callback_timeout: timedelta | None = None
     stale_retry_delay: timedelta | None = None
+    orphan_timeout: timedelta | None = None
 
 
 class Step(BaseModel):
@@ -65,13 +93,23 @@ class PaymentState(BaseModel):
 # -- signals -------------------------------------------------------------------------------
 
 
+class PaymentCreatedSignal(BaseModel):
+    """The payment itself, for a run that an early callback or cancel started."""
+
+    payment: PaymentCreated
+    source: SourceRecord | None = None
+
+
 class GatewayCallbackSignal(BaseModel):
     callback: GatewayCallback
+    # Set by the bridge: the record to dead-letter if the payment never comes.
+    source: SourceRecord | None = None
 
 
 class CancelSignal(BaseModel):
     event_id: str
     reason: str
+    source: SourceRecord | None = None
 
 
 class ResolveSignal(BaseModel):
@@ -132,12 +170,16 @@ class TimerSettings(Protocol):
     def callback_timeout(self) -> timedelta: ...
     @property
     def stale_retry_delay(self) -> timedelta: ...
+    @property
+    def orphan_timeout(self) -> timedelta: ...
 
 
-def payment_input(settings: TimerSettings, payment: PaymentCreated) -> PaymentWorkflowInput:
-    """The workflow input of ``payment``, with the timers of ``settings``."""
+def payment_input(settings: TimerSettings, payment: PaymentCreated | None) -> PaymentWorkflowInput:
+    """The workflow input of ``payment`` (None: a run started by an early signal), with the
+    timers of ``settings``."""
     return PaymentWorkflowInput(
         payment=payment,
         callback_timeout=settings.callback_timeout,
         stale_retry_delay=settings.stale_retry_delay,
+        orphan_timeout=settings.orphan_timeout,
     )

@@ -107,6 +107,8 @@ class _Cancelled(Exception):
 class PaymentWorkflow:
     @workflow.init
     def __init__(self, input: PaymentWorkflowInput) -> None:
+        # Until the run that waits for its payment exists, every run starts with one.
+        assert input.payment is not None, "PaymentWorkflow needs its payment in the input"
         self._payment = input.payment
         self._callback_timeout = input.callback_timeout or DEFAULT_CALLBACK_TIMEOUT
         self._stale_retry_delay = input.stale_retry_delay or DEFAULT_STALE_RETRY_DELAY
