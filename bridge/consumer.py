@@ -27,10 +27,10 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
-from bridge.dlq import DeadLetters
 from bridge.metrics import BridgeMetrics
 from bridge.offsets import PartitionOffsets
 from bridge.routing import Route, waiting_for_payment
+from plumbing.dead_letters import DeadLetters
 from schemas.codec import Codec
 from schemas.errors import DecodeError, OrphanError, TemporalRejected
 

@@ -12,10 +12,10 @@ from prometheus_client import CollectorRegistry
 from temporalio.client import Client
 
 from bridge.consumer import Bridge
-from bridge.dlq import DeadLetters
 from bridge.metrics import BridgeMetrics
 from bridge.routing import build_routes
 from bridge.temporal_calls import TemporalCalls
+from plumbing.dead_letters import DeadLetters
 from plumbing.health import MetricsServer, ReadyCheck
 from plumbing.kafka import consumer as kafka_consumer
 from plumbing.kafka import recovering_producer, start_when_reachable, stop_and_leave_group

@@ -13,8 +13,8 @@ from aiokafka.structs import ConsumerRecord
 from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
 
-from bridge.dlq import dlq_headers
 from bridge.service import open_bridge
+from plumbing.dead_letters import dlq_headers
 from plumbing.settings import Settings
 from schemas.codec import Codec, SchemaRegistry
 from schemas.ids import payment_workflow_id

@@ -1,13 +1,19 @@
-"""The dead-letter topic: bad records kept untouched, with headers that say why and from where."""
+"""The dead-letter topic: bad records kept untouched, with headers that say why and from where.
+
+Both services write dead letters: the bridge (records it cannot decode, validate or verify),
+and the worker (early callbacks and cancels whose payment never came). Either way the record
+goes as it was read, with the contract's ``dlq.*`` headers.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Protocol
 
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
-from aiokafka.structs import ConsumerRecord
 
 from plumbing.kafka import RecordSender
 
@@ -16,9 +22,25 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_CHARS = 1000
 
 
-def dlq_headers(
-    record: ConsumerRecord[bytes, bytes], *, reason: str, error: BaseException
-) -> list[tuple[str, bytes]]:
+class Source(Protocol):
+    """A record as read from its topic: an aiokafka ``ConsumerRecord``, or the
+    ``SourceRecord`` a signal carries to the workflow."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+def dlq_headers(record: Source, *, reason: str, error: BaseException) -> list[tuple[str, bytes]]:
     """The record's own headers followed by the contract's ``dlq.*`` headers."""
     failed_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     message = str(error)[:MAX_MESSAGE_CHARS]
@@ -42,9 +64,7 @@ class DeadLetters:
         self.producer = producer
         self.topic = topic
 
-    async def send(
-        self, record: ConsumerRecord[bytes, bytes], *, reason: str, error: BaseException
-    ) -> None:
+    async def send(self, record: Source, *, reason: str, error: BaseException) -> None:
         headers = dlq_headers(record, reason=reason, error=error)
         value = record.value
         delay = 0.2
