@@ -132,6 +132,12 @@ class RecoveringProducer:
     async def partitions_for(self, topic: str) -> set[int]:
         return set(await (await self._current()).partitions_for(topic))
 
+    async def topics(self) -> set[str]:
+        """The topics of fresh cluster metadata (not the cache): raises :class:`KafkaError`
+        when no broker answers. For readiness checks."""
+        metadata = await (await self._current()).client.fetch_all_metadata()
+        return set(metadata.topics())
+
     async def send(
         self,
         topic: str,

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("schemas", "plumbing", "bridge", "workflows", "tools")
+PACKAGES = ("schemas", "plumbing", "bridge", "webhook", "workflows", "tools")
 LINT_IMPORTS = str(Path(sys.executable).parent / "lint-imports")
 
 

@@ -10,7 +10,18 @@ import sys
 
 import click
 
-from tools.cli import dlq, load, namespace, payments, produce, recurring, replay, services, topics
+from tools.cli import (
+    dlq,
+    load,
+    namespace,
+    payments,
+    produce,
+    recurring,
+    replay,
+    services,
+    topics,
+    webhook,
+)
 
 
 def _setup_logging(verbose: int) -> None:
@@ -39,6 +50,7 @@ for command in (
     services.dev,
     services.bridge_command,
     services.worker,
+    webhook.webhook,
     topics.topics,
     produce.produce,
     produce.outcomes,
