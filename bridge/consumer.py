@@ -31,6 +31,7 @@ from bridge.metrics import BridgeMetrics
 from bridge.offsets import PartitionOffsets
 from bridge.routing import Route, waiting_for_payment
 from plumbing.dead_letters import DeadLetters
+from plumbing.logs import record_fields
 from schemas.codec import Codec
 from schemas.errors import DecodeError, OrphanError, TemporalRejected
 
@@ -276,7 +277,11 @@ class Bridge:
             await self._dead_letter(record, "rejected_by_temporal", exc)
         except Exception as exc:  # a bug must not stall the partition: keep the record in the DLQ
             log.exception(
-                "%s-%s@%s: unexpected error", record.topic, record.partition, record.offset
+                "%s-%s@%s: unexpected error",
+                record.topic,
+                record.partition,
+                record.offset,
+                extra=record_fields(record),
             )
             await self._dead_letter(record, "processing_error", exc)
         else:
@@ -285,7 +290,13 @@ class Bridge:
 
     async def _dead_letter(self, record: Record, reason: str, error: BaseException) -> None:
         log.warning(
-            "%s-%s@%s -> DLQ (%s): %s", record.topic, record.partition, record.offset, reason, error
+            "%s-%s@%s -> DLQ (%s): %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            reason,
+            error,
+            extra={**record_fields(record), "reason": reason},
         )
         await self.dead_letters.send(record, reason=reason, error=error)
         self.metrics.dlq_records.labels(topic=record.topic, reason=reason).inc()

@@ -76,7 +76,11 @@ class OutcomeActivities:
         # knows where an earlier attempt's record would be.
         partition = await self._partition(key)
         if await self._already_published(outcome, partition):
-            activity.logger.info("outcome of %s already published", outcome.payment_id)
+            activity.logger.info(
+                "outcome of %s already published",
+                outcome.payment_id,
+                extra={"payment_id": outcome.payment_id, "topic": self.topic},
+            )
             return
         await self.producer.send_and_wait(
             self.topic,
@@ -90,7 +94,12 @@ class OutcomeActivities:
                 outcome.status.value,
                 seconds=max(0.0, time.time() - outcome.created_at.timestamp()),
             )
-        activity.logger.debug("published %s for %s", outcome.status, outcome.payment_id)
+        activity.logger.debug(
+            "published %s for %s",
+            outcome.status,
+            outcome.payment_id,
+            extra={"payment_id": outcome.payment_id, "topic": self.topic, "partition": partition},
+        )
 
 
 async def published_since(
