@@ -22,6 +22,7 @@ from aiokafka.errors import (
 )
 
 from plumbing.settings import Settings
+from schemas.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +40,43 @@ def client_kwargs(settings: Settings) -> dict[str, Any]:
         "security_protocol": settings.kafka_security_protocol,
     }
     if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
-        kwargs["ssl_context"] = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+        kwargs["ssl_context"] = ssl_context(settings)
+    elif settings.kafka_ssl_certfile:
+        raise ConfigError("KAFKA_SECURITY_PROTOCOL", "KAFKA_SSL_CERTFILE needs SSL or SASL_SSL")
     if settings.kafka_security_protocol.startswith("SASL"):
         kwargs["sasl_mechanism"] = settings.kafka_sasl_mechanism or "PLAIN"
         kwargs["sasl_plain_username"] = settings.kafka_sasl_username
         if settings.kafka_sasl_password is not None:
             kwargs["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
     return kwargs
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext:
+    """TLS to Kafka: the CA bundle of ``KAFKA_SSL_CAFILE`` (default: the system's), and for
+    mTLS the client certificate ``KAFKA_SSL_CERTFILE`` with its key ``KAFKA_SSL_KEYFILE``
+    (``KAFKA_SSL_KEY_PASSWORD`` if it is encrypted)."""
+    try:
+        context = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+    except (OSError, ssl.SSLError) as exc:
+        problem = f"cannot load {settings.kafka_ssl_cafile}: {exc}"
+        raise ConfigError("KAFKA_SSL_CAFILE", problem) from exc
+    if settings.kafka_ssl_keyfile and not settings.kafka_ssl_certfile:
+        raise ConfigError("KAFKA_SSL_CERTFILE", "is required with KAFKA_SSL_KEYFILE")
+    if settings.kafka_ssl_certfile:
+        password = settings.kafka_ssl_key_password
+        try:
+            context.load_cert_chain(
+                settings.kafka_ssl_certfile,
+                settings.kafka_ssl_keyfile,
+                password.get_secret_value() if password is not None else None,
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                "KAFKA_SSL_CERTFILE",
+                f"cannot load {settings.kafka_ssl_certfile} with key "
+                f"{settings.kafka_ssl_keyfile or '(in the same file)'}: {exc}",
+            ) from exc
+    return context
 
 
 def idempotent_producer(settings: Settings, **extra: Any) -> AIOKafkaProducer:

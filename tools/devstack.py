@@ -104,7 +104,8 @@ async def wait_for_temporal(settings: Settings, *, timeout: float = 60.0) -> Cli
     deadline = loop.time() + timeout
     while True:
         try:
-            client = await connect(settings)
+            # Its own server: not wherever a Temporal profile of the environment points.
+            client = await connect(settings, environment=False)
             await client.count_workflows()
             return client
         except Exception as exc:
@@ -243,7 +244,11 @@ async def open_dev_stack(
         except ConfigError as exc:
             on_event(f"{exc}: the Temporal SDK's metrics are off")
             sdk_runtime = None
-        worker_client = await connect(settings, runtime=sdk_runtime) if sdk_runtime else client
+        worker_client = (
+            await connect(settings, runtime=sdk_runtime, environment=False)
+            if sdk_runtime
+            else client
+        )
         await stack.enter_async_context(
             open_worker(
                 worker_client,

@@ -15,7 +15,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from plumbing.settings import Settings
-from plumbing.temporal import connect
+from plumbing.temporal import connect, temporal_target
 from schemas.errors import NotFoundError, UnreachableError, WrongStateError
 from schemas.events import PaymentCancelRequested
 from schemas.ids import payment_workflow_id, recurring_workflow_id
@@ -36,7 +36,7 @@ async def connect_client(settings: Settings) -> Client:
         return await connect(settings)
     except RuntimeError as exc:
         raise UnreachableError(
-            f"Temporal at {settings.temporal_address} (TEMPORAL_ADDRESS) is not reachable: {exc}"
+            f"Temporal at {temporal_target(settings)} (TEMPORAL_ADDRESS) is not reachable: {exc}"
         ) from exc
 
 
