@@ -22,7 +22,7 @@ from aiokafka.errors import (
 )
 
 from plumbing.settings import Settings
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, TopicError
 
 log = logging.getLogger(__name__)
 
@@ -341,8 +341,25 @@ def topic_specs(settings: Settings) -> dict[str, int]:
     return specs
 
 
-async def create_topics(settings: Settings, specs: dict[str, int] | None = None) -> list[str]:
-    """Create the missing topics; returns the names created (existing ones are left as they are)."""
+async def create_topics(
+    settings: Settings,
+    specs: dict[str, int] | None = None,
+    *,
+    replication_factor: int = 1,
+    min_insync_replicas: int = 1,
+) -> list[str]:
+    """Create the missing topics; returns the names created (existing ones are left as they are).
+
+    ``replication_factor`` and ``min_insync_replicas`` apply to the topics created: 1 and 1 in
+    development, 3 and 2 in production (with ``acks=all`` producers, a write then survives the
+    loss of one broker, and is refused rather than kept on one broker alone). Raises
+    :class:`TopicError` with Kafka's message when it refuses a topic.
+    """
+    if not 1 <= min_insync_replicas <= replication_factor:
+        raise TopicError(
+            f"min.insync.replicas {min_insync_replicas} must be between 1 and the "
+            f"replication factor {replication_factor}"
+        )
     admin = AIOKafkaAdminClient(**client_kwargs(settings))
     await admin.start()
     try:
@@ -352,18 +369,30 @@ async def create_topics(settings: Settings, specs: dict[str, int] | None = None)
             NewTopic(
                 name,
                 num_partitions=partitions,
-                replication_factor=1,
-                topic_configs={"max.message.bytes": str(TOPIC_MAX_MESSAGE_BYTES)},
+                replication_factor=replication_factor,
+                topic_configs={
+                    "max.message.bytes": str(TOPIC_MAX_MESSAGE_BYTES),
+                    "min.insync.replicas": str(min_insync_replicas),
+                },
             )
             for name, partitions in wanted.items()
             if name not in existing
         ]
+        created: list[str] = []
         if missing:
             try:
-                await admin.create_topics(missing)
+                response = await admin.create_topics(missing)
             except TopicAlreadyExistsError:
                 log.info("topics created concurrently by another process")
-        return [topic.name for topic in missing]
+                response = None
+            for name, code, *rest in getattr(response, "topic_errors", ()):
+                if code == TopicAlreadyExistsError.errno:
+                    continue
+                if code:
+                    message = rest[0] if rest and rest[0] else f"error code {code}"
+                    raise TopicError(f"Kafka refused to create {name}: {message}")
+                created.append(name)
+        return created
     finally:
         await admin.close()
 

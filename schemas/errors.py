@@ -13,6 +13,7 @@
     │   ├── WrongStateError    the workflow is not in a state where the operation makes sense
     │   ├── ReplayError        a replay cannot be planned or run as asked
     │   ├── DlqError           the dead-letter topic cannot be read or redriven as asked
+    │   ├── TopicError         Kafka refused to create a topic (too few brokers, ...)
     │   └── LoadError          the load generator cannot run as configured
     ├── GatewayError           the (simulated) payment gateway refused a request
     │   ├── GatewayDeclined    final: never retried
@@ -104,6 +105,10 @@ class ReplayError(ToolError):
 
 class DlqError(ToolError):
     """The dead-letter topic cannot be read or redriven as asked."""
+
+
+class TopicError(ToolError):
+    """Kafka refused to create a topic as asked (e.g. more replicas than brokers)."""
 
 
 class LoadError(ToolError):

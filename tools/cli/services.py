@@ -52,7 +52,8 @@ def dev(data_dir: Path | None, no_simulator: bool, **options: Any) -> None:
             data_dir=data_dir,
             say=lambda line: click.echo(line),
             simulator=not no_simulator,
-        )
+        ),
+        service=True,
     )
 
 
@@ -68,7 +69,7 @@ def bridge_command(**options: Any) -> None:
 
     settings = settings_from(options)
     settings.require_gateway_secret()
-    run_async(run_bridge(settings))
+    run_async(run_bridge(settings), service=True)
 
 
 @click.command()
@@ -101,5 +102,6 @@ def worker(ledger_path: Path, seed_demo_accounts: bool, no_simulator: bool, **op
     run_async(
         run_worker(
             settings, ledger_path=ledger_path, seed=seed_demo_accounts, simulator=not no_simulator
-        )
+        ),
+        service=True,
     )

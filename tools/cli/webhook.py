@@ -30,4 +30,4 @@ def webhook(**options: Any) -> None:
 
     settings = settings_from(options)
     settings.require_gateway_secret()
-    run_async(run_webhook(settings, say=click.echo))
+    run_async(run_webhook(settings, say=click.echo), service=True)
