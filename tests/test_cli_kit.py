@@ -3,6 +3,7 @@ reach, and topic creation with replication settings (against the real broker).""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -13,10 +14,13 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.structs import ConsumerRecord
 
+from plumbing.dead_letters import dlq_headers
 from plumbing.kafka import client_kwargs
 from plumbing.settings import Settings
 from tests.servers import Server
+from tests.support import produce_raw
 from tools.processes import free_port
 
 PAYBRIDGE = str(Path(sys.executable).parent / "paybridge")
@@ -96,8 +100,6 @@ def test_topics_create_takes_replication_settings(kafka_server: Server) -> None:
 
 
 def topic_config(address: str, topic: str) -> dict[str, str]:
-    import asyncio
-
     async def describe() -> dict[str, str]:
         admin = AIOKafkaAdminClient(**client_kwargs(Settings(KAFKA_BOOTSTRAP_SERVERS=address)))
         await admin.start()
@@ -111,3 +113,29 @@ def topic_config(address: str, topic: str) -> dict[str, str]:
             await admin.close()
 
     return asyncio.run(describe())
+
+
+async def test_replay_and_redrive_report_progress_without_a_terminal(settings: Settings) -> None:
+    records = [(f"p-{n}".encode(), b"junk", []) for n in range(30)]
+    await produce_raw(settings, settings.topic_cancels, records)
+    source = ConsumerRecord(
+        topic=settings.topic_payments, partition=0, offset=7, timestamp=0, timestamp_type=0,
+        key=b"p-1", value=b"junk", checksum=None, serialized_key_size=3, serialized_value_size=4,
+        headers=[],
+    )  # fmt: skip
+    headers = dlq_headers(source, reason="undecodable", error=ValueError("junk"))
+    await produce_raw(settings, settings.topic_dlq, [(b"p-1", b"junk", headers)] * 3)
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "PAYBRIDGE_TOPIC_DLQ": settings.topic_dlq,
+    }
+    # stderr is a pipe here: plain lines instead of a bar, the last one with the total
+    replayed = await asyncio.to_thread(
+        run, "replay", "--from", settings.topic_cancels, "--to", settings.topic_outcomes, env=env
+    )
+    assert replayed.returncode == 0, replayed.stderr
+    assert replayed.stderr.strip().splitlines()[-1] == "replay: 30/30 records"
+    redriven = await asyncio.to_thread(run, "dlq", "redrive", "--all", env=env)
+    assert redriven.returncode == 0, redriven.stderr
+    assert redriven.stderr.strip().splitlines()[-1] == "redrive: 3/3 records"
+    assert "3 records redriven" in redriven.stdout
