@@ -95,6 +95,7 @@ class Bridge:
         self.metrics = metrics
         self.codec = codec
         self.max_inflight = max_inflight
+        metrics.inflight_limit.set(max_inflight)
         self.commit_interval = commit_interval
         self.grace = grace
         # A revoke callback that runs long holds up the whole group's rebalance (and nears
@@ -186,15 +187,18 @@ class Bridge:
             else:
                 log.info("resuming fetch (%d records in flight)", self._inflight)
             self._paused = paused
+            self.metrics.paused.labels(reason="saturated").set(int(paused))
         if self._waiting >= self.max_waiting and not self._waiting_full:
             log.warning(
                 "%d records wait for their payment to start: pausing the topics they come from",
                 self._waiting,
             )
             self._waiting_full = True
+            self.metrics.paused.labels(reason="waiting").set(1)
         elif self._waiting_full and self._waiting < self.max_waiting * 0.9:
             log.info("resuming the topics of records waiting for payments (%d)", self._waiting)
             self._waiting_full = False
+            self.metrics.paused.labels(reason="waiting").set(0)
         self._apply_pauses()
 
     def _apply_pauses(self) -> None:

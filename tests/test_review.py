@@ -11,12 +11,14 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry
 from temporalio import activity
 from temporalio.client import Client
 
 from schemas.workflow_api import PaymentPhase
 from tests.support import payment, time_skipping_worker
 from workflows.models import GatewayStatus, GatewayStatusInput
+from workflows.review_queue import ManualReviewGauge
 from workflows.simulations.gateway import GatewayBehaviour
 from workflows.simulations.ledger import Ledger
 
@@ -73,6 +75,14 @@ async def test_review_list_shows_payments_in_manual_review_oldest_first(
             await asyncio.sleep(0.5)
         assert [item["payment_id"] for item in listed] == [older.payment_id, newer.payment_id]
         assert [item["merchant_id"] for item in listed] == ["m-old", "m-new"]
+        # the worker's gauge counts the same payments
+        registry = CollectorRegistry()
+        gauge = ManualReviewGauge(client, registry, task_queue=harness.task_queue)
+        assert await gauge.refresh() == 2
+        value = registry.get_sample_value(
+            "paybridge_manual_review_payments", {"task_queue": harness.task_queue}
+        )
+        assert value == 2
 
         await harness.client.get_workflow_handle(f"payment-{older.payment_id}").terminate()
         for _ in range(60):
@@ -81,4 +91,5 @@ async def test_review_list_shows_payments_in_manual_review_oldest_first(
                 break
             await asyncio.sleep(0.5)
         assert [item["payment_id"] for item in listed] == [newer.payment_id]
+        assert await gauge.refresh() == 1
         await harness.client.get_workflow_handle(f"payment-{newer.payment_id}").terminate()

@@ -32,6 +32,7 @@ from tools.processes import ServerProcess, find_binary, port_in_use
 from webhook.service import open_webhook
 from workflows.activities.kafka import kafka_io
 from workflows.metrics import WorkerMetrics
+from workflows.review_queue import manual_review_gauge
 from workflows.simulations.ledger import Ledger
 from workflows.simulations.notifications import NotificationSink
 from workflows.simulations.webhook import gateway_callbacks
@@ -258,6 +259,9 @@ async def open_dev_stack(
                 gateway=gateway,
                 notifications=NotificationSink(root / "notifications.jsonl"),
             )
+        )
+        await stack.enter_async_context(
+            manual_review_gauge(client, registry, task_queue=settings.temporal_task_queue)
         )
         bridge = await stack.enter_async_context(
             open_bridge(

@@ -21,13 +21,13 @@ from schemas.errors import NotFoundError, UnreachableError, WrongStateError
 from schemas.events import PaymentCancelRequested
 from schemas.ids import payment_workflow_id, recurring_workflow_id
 from schemas.workflow_api import (
-    PAYMENT_WORKFLOW,
     PaymentPhase,
     PaymentState,
     RecurringCancelSignal,
     RecurringInput,
     RecurringState,
     ResolveSignal,
+    manual_review_query,
 )
 from tools.producing import send_events
 
@@ -145,14 +145,6 @@ class InReview:
     merchant_id: str | None
 
 
-def review_query(task_queue: str | None) -> str:
-    query = (
-        f'WorkflowType = "{PAYMENT_WORKFLOW}" AND ExecutionStatus = "Running" '
-        f'AND PaymentStatus = "{PaymentPhase.MANUAL_REVIEW.value}"'
-    )
-    return f'{query} AND TaskQueue = "{task_queue}"' if task_queue else query
-
-
 async def review_queue(
     client: Client, *, task_queue: str | None = None, limit: int | None = None
 ) -> list[InReview]:
@@ -166,7 +158,7 @@ async def review_queue(
             started_at=execution.start_time,
             merchant_id=execution.typed_search_attributes.get(_MERCHANT_ID),
         )
-        async for execution in client.list_workflows(review_query(task_queue))
+        async for execution in client.list_workflows(manual_review_query(task_queue))
     ]
     found.sort(key=lambda item: (item.started_at, item.workflow_id))
     return found[:limit] if limit is not None else found

@@ -27,6 +27,7 @@ from workflows.fraud import FraudCheckWorkflow, fraud_task_queue
 from workflows.metrics import WorkerMetrics
 from workflows.payment import PaymentWorkflow
 from workflows.recurring import RecurringPaymentWorkflow
+from workflows.review_queue import manual_review_gauge
 from workflows.simulations.gateway import CallbackEmitter, GatewayBehaviour, SimulatedGateway
 from workflows.simulations.ledger import Ledger
 from workflows.simulations.notifications import NotificationSink
@@ -180,6 +181,7 @@ async def run_worker(
             async with (
                 kafka_io(settings, metrics=metrics) as kafka,
                 gateway_callbacks(settings, kafka.callbacks, secret=secret) as emitter,
+                manual_review_gauge(client, registry, task_queue=settings.temporal_task_queue),
             ):
                 gateway = simulated_gateway(settings, emitter, secret=secret, callbacks=simulator)
                 try:

@@ -88,7 +88,7 @@ def markdown(report: dict[str, Any]) -> str:
     for name in (*PERCENTILES, "max"):
         value = report["latency"].get(f"{name}_ms")
         result = thresholds.get(f"{name}_ms")
-        limit = f"≤ {result['limit_ms']:,} ms" if result else ""
+        limit = f"≤ {_ms(result['limit_ms'])}" if result else ""
         verdict = ("pass" if result["ok"] else "**FAIL**") if result else ""
         lines.append(f"| {name} | {_ms(value)} | {limit} | {verdict} |")
     if report["missing_ids"]:
