@@ -30,6 +30,7 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from bridge.metrics import BridgeMetrics
 from bridge.offsets import PartitionOffsets
 from bridge.routing import Route, waiting_for_payment
+from plumbing import tracing
 from plumbing.dead_letters import DeadLetters
 from plumbing.logs import record_fields
 from schemas.codec import Codec
@@ -272,7 +273,8 @@ class Bridge:
             check_key(record.key, event.payment_id)
             if route.check is not None:
                 route.check(event)
-            result = await route.apply(event)
+            with tracing.consume_span(record):  # the record's trace context, into Temporal
+                result = await route.apply(event)
         except DecodeError as exc:
             await self._dead_letter(record, exc.kind, exc)
         except OrphanError as exc:

@@ -70,10 +70,13 @@ def enabled_by(env: Mapping[str, str]) -> bool:
 
 def available() -> bool:
     """Whether the ``tracing`` extra is installed."""
-    return all(
-        importlib.util.find_spec(name) is not None
-        for name in ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http")
-    )
+    try:
+        return all(
+            importlib.util.find_spec(name) is not None
+            for name in ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http")
+        )
+    except (ImportError, ValueError):  # a parent package missing or blocked
+        return False
 
 
 def configure(provider: TracerProvider | None) -> None:

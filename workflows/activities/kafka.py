@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 from temporalio import activity
 
+from plumbing import tracing
 from plumbing.kafka import RecordSender, outcome_reader, recovering_producer, start_when_reachable
 from plumbing.settings import Settings
 from schemas.codec import Codec
@@ -82,12 +83,14 @@ class OutcomeActivities:
                 extra={"payment_id": outcome.payment_id, "topic": self.topic},
             )
             return
+        headers = [("event_id", outcome.event_id.encode())]
+        tracing.inject(headers)  # this activity's span: the payment's trace, onto the record
         await self.producer.send_and_wait(
             self.topic,
             self.codec.encode(outcome),
             key=key,
             partition=partition,
-            headers=[("event_id", outcome.event_id.encode())],
+            headers=headers,
         )
         if self.metrics is not None:
             self.metrics.outcome_published(
