@@ -30,7 +30,9 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from bridge.metrics import BridgeMetrics
 from bridge.offsets import PartitionOffsets
 from bridge.routing import Route, waiting_for_payment
+from plumbing import tracing
 from plumbing.dead_letters import DeadLetters
+from plumbing.logs import record_fields
 from schemas.codec import Codec
 from schemas.errors import DecodeError, OrphanError, TemporalRejected
 
@@ -94,6 +96,7 @@ class Bridge:
         self.metrics = metrics
         self.codec = codec
         self.max_inflight = max_inflight
+        metrics.inflight_limit.set(max_inflight)
         self.commit_interval = commit_interval
         self.grace = grace
         # A revoke callback that runs long holds up the whole group's rebalance (and nears
@@ -185,15 +188,18 @@ class Bridge:
             else:
                 log.info("resuming fetch (%d records in flight)", self._inflight)
             self._paused = paused
+            self.metrics.paused.labels(reason="saturated").set(int(paused))
         if self._waiting >= self.max_waiting and not self._waiting_full:
             log.warning(
                 "%d records wait for their payment to start: pausing the topics they come from",
                 self._waiting,
             )
             self._waiting_full = True
+            self.metrics.paused.labels(reason="waiting").set(1)
         elif self._waiting_full and self._waiting < self.max_waiting * 0.9:
             log.info("resuming the topics of records waiting for payments (%d)", self._waiting)
             self._waiting_full = False
+            self.metrics.paused.labels(reason="waiting").set(0)
         self._apply_pauses()
 
     def _apply_pauses(self) -> None:
@@ -267,7 +273,8 @@ class Bridge:
             check_key(record.key, event.payment_id)
             if route.check is not None:
                 route.check(event)
-            result = await route.apply(event)
+            with tracing.consume_span(record):  # the record's trace context, into Temporal
+                result = await route.apply(event)
         except DecodeError as exc:
             await self._dead_letter(record, exc.kind, exc)
         except OrphanError as exc:
@@ -276,7 +283,11 @@ class Bridge:
             await self._dead_letter(record, "rejected_by_temporal", exc)
         except Exception as exc:  # a bug must not stall the partition: keep the record in the DLQ
             log.exception(
-                "%s-%s@%s: unexpected error", record.topic, record.partition, record.offset
+                "%s-%s@%s: unexpected error",
+                record.topic,
+                record.partition,
+                record.offset,
+                extra=record_fields(record),
             )
             await self._dead_letter(record, "processing_error", exc)
         else:
@@ -285,7 +296,13 @@ class Bridge:
 
     async def _dead_letter(self, record: Record, reason: str, error: BaseException) -> None:
         log.warning(
-            "%s-%s@%s -> DLQ (%s): %s", record.topic, record.partition, record.offset, reason, error
+            "%s-%s@%s -> DLQ (%s): %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            reason,
+            error,
+            extra={**record_fields(record), "reason": reason},
         )
         await self.dead_letters.send(record, reason=reason, error=error)
         self.metrics.dlq_records.labels(topic=record.topic, reason=reason).inc()

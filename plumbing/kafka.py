@@ -22,6 +22,7 @@ from aiokafka.errors import (
 )
 
 from plumbing.settings import Settings
+from schemas.errors import ConfigError, TopicError
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +40,43 @@ def client_kwargs(settings: Settings) -> dict[str, Any]:
         "security_protocol": settings.kafka_security_protocol,
     }
     if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
-        kwargs["ssl_context"] = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+        kwargs["ssl_context"] = ssl_context(settings)
+    elif settings.kafka_ssl_certfile:
+        raise ConfigError("KAFKA_SECURITY_PROTOCOL", "KAFKA_SSL_CERTFILE needs SSL or SASL_SSL")
     if settings.kafka_security_protocol.startswith("SASL"):
         kwargs["sasl_mechanism"] = settings.kafka_sasl_mechanism or "PLAIN"
         kwargs["sasl_plain_username"] = settings.kafka_sasl_username
         if settings.kafka_sasl_password is not None:
             kwargs["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
     return kwargs
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext:
+    """TLS to Kafka: the CA bundle of ``KAFKA_SSL_CAFILE`` (default: the system's), and for
+    mTLS the client certificate ``KAFKA_SSL_CERTFILE`` with its key ``KAFKA_SSL_KEYFILE``
+    (``KAFKA_SSL_KEY_PASSWORD`` if it is encrypted)."""
+    try:
+        context = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+    except (OSError, ssl.SSLError) as exc:
+        problem = f"cannot load {settings.kafka_ssl_cafile}: {exc}"
+        raise ConfigError("KAFKA_SSL_CAFILE", problem) from exc
+    if settings.kafka_ssl_keyfile and not settings.kafka_ssl_certfile:
+        raise ConfigError("KAFKA_SSL_CERTFILE", "is required with KAFKA_SSL_KEYFILE")
+    if settings.kafka_ssl_certfile:
+        password = settings.kafka_ssl_key_password
+        try:
+            context.load_cert_chain(
+                settings.kafka_ssl_certfile,
+                settings.kafka_ssl_keyfile,
+                password.get_secret_value() if password is not None else None,
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                "KAFKA_SSL_CERTFILE",
+                f"cannot load {settings.kafka_ssl_certfile} with key "
+                f"{settings.kafka_ssl_keyfile or '(in the same file)'}: {exc}",
+            ) from exc
+    return context
 
 
 def idempotent_producer(settings: Settings, **extra: Any) -> AIOKafkaProducer:
@@ -131,6 +162,12 @@ class RecoveringProducer:
 
     async def partitions_for(self, topic: str) -> set[int]:
         return set(await (await self._current()).partitions_for(topic))
+
+    async def topics(self) -> set[str]:
+        """The topics of fresh cluster metadata (not the cache): raises :class:`KafkaError`
+        when no broker answers. For readiness checks."""
+        metadata = await (await self._current()).client.fetch_all_metadata()
+        return set(metadata.topics())
 
     async def send(
         self,
@@ -304,8 +341,25 @@ def topic_specs(settings: Settings) -> dict[str, int]:
     return specs
 
 
-async def create_topics(settings: Settings, specs: dict[str, int] | None = None) -> list[str]:
-    """Create the missing topics; returns the names created (existing ones are left as they are)."""
+async def create_topics(
+    settings: Settings,
+    specs: dict[str, int] | None = None,
+    *,
+    replication_factor: int = 1,
+    min_insync_replicas: int = 1,
+) -> list[str]:
+    """Create the missing topics; returns the names created (existing ones are left as they are).
+
+    ``replication_factor`` and ``min_insync_replicas`` apply to the topics created: 1 and 1 in
+    development, 3 and 2 in production (with ``acks=all`` producers, a write then survives the
+    loss of one broker, and is refused rather than kept on one broker alone). Raises
+    :class:`TopicError` with Kafka's message when it refuses a topic.
+    """
+    if not 1 <= min_insync_replicas <= replication_factor:
+        raise TopicError(
+            f"min.insync.replicas {min_insync_replicas} must be between 1 and the "
+            f"replication factor {replication_factor}"
+        )
     admin = AIOKafkaAdminClient(**client_kwargs(settings))
     await admin.start()
     try:
@@ -315,18 +369,30 @@ async def create_topics(settings: Settings, specs: dict[str, int] | None = None)
             NewTopic(
                 name,
                 num_partitions=partitions,
-                replication_factor=1,
-                topic_configs={"max.message.bytes": str(TOPIC_MAX_MESSAGE_BYTES)},
+                replication_factor=replication_factor,
+                topic_configs={
+                    "max.message.bytes": str(TOPIC_MAX_MESSAGE_BYTES),
+                    "min.insync.replicas": str(min_insync_replicas),
+                },
             )
             for name, partitions in wanted.items()
             if name not in existing
         ]
+        created: list[str] = []
         if missing:
             try:
-                await admin.create_topics(missing)
+                response = await admin.create_topics(missing)
             except TopicAlreadyExistsError:
                 log.info("topics created concurrently by another process")
-        return [topic.name for topic in missing]
+                response = None
+            for name, code, *rest in getattr(response, "topic_errors", ()):
+                if code == TopicAlreadyExistsError.errno:
+                    continue
+                if code:
+                    message = rest[0] if rest and rest[0] else f"error code {code}"
+                    raise TopicError(f"Kafka refused to create {name}: {message}")
+                created.append(name)
+        return created
     finally:
         await admin.close()
 

@@ -25,7 +25,7 @@ from tools.cli import main as cli
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 ONE_SHOT = {"topics", "temporal-schema", "temporal-init"}
-PAYBRIDGE_SERVICES = {"topics", "worker", "bridge"}
+PAYBRIDGE_SERVICES = {"topics", "worker", "bridge", "webhook", "cli"}
 
 
 def load_yaml(path: Path) -> Any:
@@ -121,6 +121,7 @@ def test_prometheus_scrapes_the_compose_services(services: dict[str, dict[str, A
             services["worker"]["environment"]["PAYBRIDGE_METRICS_PORT"],
             services["worker"]["environment"]["PAYBRIDGE_SDK_METRICS_PORT"],
         },
+        "webhook": {services["webhook"]["environment"]["PAYBRIDGE_METRICS_PORT"]},
         "temporal": {services["temporal"]["environment"]["PROMETHEUS_ENDPOINT"].split(":")[1]},
         "localhost": {"9090"},
     }

@@ -27,9 +27,11 @@ from workflows.fraud import FraudCheckWorkflow, fraud_task_queue
 from workflows.metrics import WorkerMetrics
 from workflows.payment import PaymentWorkflow
 from workflows.recurring import RecurringPaymentWorkflow
+from workflows.review_queue import manual_review_gauge
 from workflows.simulations.gateway import CallbackEmitter, GatewayBehaviour, SimulatedGateway
 from workflows.simulations.ledger import Ledger
 from workflows.simulations.notifications import NotificationSink
+from workflows.simulations.webhook import gateway_callbacks
 
 # Workflows of the payments task queue; the fraud check has a queue of its own.
 WORKFLOWS = [PaymentWorkflow, RecurringPaymentWorkflow]
@@ -176,10 +178,12 @@ async def run_worker(
             MetricsServer(registry, host="0.0.0.0", port=settings.metrics_port),
         ):
             client = await connect_with_retry(settings, runtime=sdk_metrics_runtime(settings))
-            async with kafka_io(settings, metrics=metrics) as kafka:
-                gateway = simulated_gateway(
-                    settings, kafka.callbacks, secret=secret, callbacks=simulator
-                )
+            async with (
+                kafka_io(settings, metrics=metrics) as kafka,
+                gateway_callbacks(settings, kafka.callbacks, secret=secret) as emitter,
+                manual_review_gauge(client, registry, task_queue=settings.temporal_task_queue),
+            ):
+                gateway = simulated_gateway(settings, emitter, secret=secret, callbacks=simulator)
                 try:
                     async with open_worker(
                         client,

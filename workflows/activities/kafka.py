@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 from temporalio import activity
 
+from plumbing import tracing
 from plumbing.kafka import RecordSender, outcome_reader, recovering_producer, start_when_reachable
 from plumbing.settings import Settings
 from schemas.codec import Codec
@@ -76,21 +77,32 @@ class OutcomeActivities:
         # knows where an earlier attempt's record would be.
         partition = await self._partition(key)
         if await self._already_published(outcome, partition):
-            activity.logger.info("outcome of %s already published", outcome.payment_id)
+            activity.logger.info(
+                "outcome of %s already published",
+                outcome.payment_id,
+                extra={"payment_id": outcome.payment_id, "topic": self.topic},
+            )
             return
+        headers = [("event_id", outcome.event_id.encode())]
+        tracing.inject(headers)  # this activity's span: the payment's trace, onto the record
         await self.producer.send_and_wait(
             self.topic,
             self.codec.encode(outcome),
             key=key,
             partition=partition,
-            headers=[("event_id", outcome.event_id.encode())],
+            headers=headers,
         )
         if self.metrics is not None:
             self.metrics.outcome_published(
                 outcome.status.value,
                 seconds=max(0.0, time.time() - outcome.created_at.timestamp()),
             )
-        activity.logger.debug("published %s for %s", outcome.status, outcome.payment_id)
+        activity.logger.debug(
+            "published %s for %s",
+            outcome.status,
+            outcome.payment_id,
+            extra={"payment_id": outcome.payment_id, "topic": self.topic, "partition": partition},
+        )
 
 
 async def published_since(

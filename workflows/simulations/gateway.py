@@ -171,7 +171,11 @@ class SimulatedGateway:
         try:
             await self.emitter.emit(callback)
         except Exception:
-            log.exception("could not deliver the gateway callback of %s", payment_id)
+            log.exception(
+                "could not deliver the gateway callback of %s",
+                payment_id,
+                extra={"payment_id": payment_id},
+            )
             return
         self.sent.append(callback)
 
