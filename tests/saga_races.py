@@ -366,13 +366,13 @@ class Race:
     async def close(self) -> None:
         # Nothing may stay held or running: a held activity, or a workflow task no worker
         # will take, stops the server from skipping time for every later test.
-        for workflow_id in (payment_workflow_id(self.pid), f"fraud-{self.pid}"):
-            with contextlib.suppress(RPCError):
-                await self.client.get_workflow_handle(workflow_id).terminate("test over")
         self.gateway.release(self.pid)
         self.gateway.release_void(self.pid)
         self.debit_released.set()
         self.publish_released.set()
+        for workflow_id in (payment_workflow_id(self.pid), f"fraud-{self.pid}"):
+            with contextlib.suppress(RPCError):
+                await self.client.get_workflow_handle(workflow_id).terminate("test over")
         await self._stack.aclose()
         self._executor.shutdown(wait=False)
 
@@ -547,13 +547,25 @@ def check(
 # -- driving a cell to its boundary and through its event ------------------------------------
 
 
-async def run_cell(env: WorkflowEnvironment, ledger: Ledger, row: str, event: str) -> CellResult:
+async def run_cell(
+    env: WorkflowEnvironment,
+    ledger: Ledger,
+    row: str,
+    event: str,
+    *,
+    then: Callable[[Race], Awaitable[None]] | None = None,
+    **payment_fields: Any,
+) -> CellResult:
+    """Run one cell; ``then`` sees the race after its outcome (tests/histories/record.py
+    keeps its history)."""
     metadata = {"fraud": "true"} if event == "fraud failure" else {}
-    p = payment(len(CELLS), metadata=metadata)
+    p = payment(len(CELLS), metadata=metadata, **payment_fields)
     race = Race(env, ledger, p)
     try:
         await asyncio.wait_for(DRIVERS[row](race, event), 60)
         result, closed = await race.outcome(timeout=60)
+        if then is not None:
+            await then(race)
     except (AssertionError, TimeoutError, RPCError) as exc:
         return CellResult(None, [f"stuck: {type(exc).__name__}"])
     finally:

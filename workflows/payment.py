@@ -8,11 +8,16 @@ it at any step before success. Whatever did not succeed is compensated in revers
 (void the authorisation, credit back the debit); the customer is notified and exactly one
 ``PaymentOutcome`` is published.
 
+A cancellation through Temporal itself (``temporal workflow cancel``, the UI's cancel,
+``handle.cancel()``) is a cancel like the signal: the saga compensates, notifies and publishes
+one CANCELLED outcome, and the workflow completes (Completed, never Canceled, so that a
+redelivered ``PaymentCreated`` cannot start the payment again).
+
 Versioning: the saga replaced the foundation slice (validate -> publish) behind the patch
 ``SAGA_PATCH``; executions recorded by the slice replay through ``_run_slice`` (see
-tests/histories/ and tests/test_workflow_replay.py). ``VOID_AFTER_AUTHORIZE_PATCH`` added
-the third version's change of commands; executions started before it keep the second
-version's behaviour.
+tests/histories/ and tests/test_workflow_replay.py). ``VOID_AFTER_AUTHORIZE_PATCH`` and
+``TEMPORAL_CANCEL_PATCH`` added the third version's changes of commands; executions started
+before them keep the second version's behaviour.
 """
 
 from __future__ import annotations
@@ -62,6 +67,8 @@ with workflow.unsafe.imports_passed_through():
 SAGA_PATCH = "payment-saga-v2"
 # The void of an authorisation waits for the authorisation request's real end.
 VOID_AFTER_AUTHORIZE_PATCH = "payment-saga-v3-void-after-authorize"
+# A cancellation through Temporal runs the saga's cancel path instead of ending the run.
+TEMPORAL_CANCEL_PATCH = "payment-saga-v3-temporal-cancel"
 
 PAYMENT_STATUS = SearchAttributeKey.for_keyword("PaymentStatus")
 MERCHANT_ID = SearchAttributeKey.for_keyword("MerchantId")
@@ -130,13 +137,17 @@ class PaymentWorkflow:
         self._resolve: ResolveSignal | None = None
         self._succeeded = False
         self._compensations: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
+        self._ending: OutcomeStatus | None = None  # decided: nothing can change it any more
+        self._temporal_cancel_seen = False
 
     @workflow.run
     async def run(self, input: PaymentWorkflowInput) -> PaymentOutcome:
         if not workflow.patched(SAGA_PATCH):
             return await self._run_slice()
         self._saga = True
-        return await self._saga_to_its_outcome()
+        if not workflow.patched(TEMPORAL_CANCEL_PATCH):
+            return await self._saga_to_its_outcome()
+        return await self._saga_beyond_cancellation()
 
     # -- signals and query ---------------------------------------------------------------
 
@@ -186,10 +197,45 @@ class PaymentWorkflow:
         except _Cancelled:
             assert self._cancel is not None
             status, reason = OutcomeStatus.CANCELLED, self._cancel.reason
+        self._ending = status
         if status != OutcomeStatus.SUCCEEDED:
             await self._compensate()
         await self._notify(status, reason)
         return await self._finish(status, reason)
+
+    async def _saga_beyond_cancellation(self) -> PaymentOutcome:
+        """The saga in a task of its own, out of reach of a cancellation through Temporal.
+
+        Temporal cancels only the workflow's main task (this one): it becomes a cancel request
+        like the ``cancel`` signal, which the saga sees at its next step. Whatever is in
+        flight (a debit, an authorisation, a compensation, the outcome's publication) runs to
+        its end instead of being cut short; the saga publishes one outcome and the workflow
+        completes.
+        """
+        saga = asyncio.create_task(self._saga_to_its_outcome())
+        while True:
+            try:
+                await workflow.wait([saga])
+            except asyncio.CancelledError:
+                # Temporal delivers its cancellation once; anything else cancelling this task
+                # (the worker evicting the run from its cache) must go on.
+                if workflow.cancellation_reason() is None or self._temporal_cancel_seen:
+                    raise
+                self._temporal_cancel_seen = True
+                self._cancelled_through_temporal()
+                continue
+            return saga.result()
+
+    def _cancelled_through_temporal(self) -> None:
+        reason = workflow.cancellation_reason() or "cancelled through Temporal"
+        if self._ending is not None:
+            self._step("cancel ignored", f"payment already ending {self._ending.value}: {reason}")
+            return
+        # The same request as the cancel signal: ignored once the payment succeeded, and an
+        # authorisation that came in before it still wins.
+        self.cancel(
+            CancelSignal(event_id=f"temporal-cancel/{workflow.info().run_id}", reason=reason)
+        )
 
     async def _process(self) -> Ending:
         self._check_cancel()
