@@ -16,24 +16,47 @@ from pathlib import Path
 
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError
 
-from schemas.events import OutcomeStatus, PaymentOutcome
+from plumbing.settings import Settings
+from schemas.codec import Codec
+from schemas.events import OutcomeStatus, PaymentCreated, PaymentOutcome
 from schemas.ids import payment_workflow_id
 from schemas.workflow_api import PaymentPhase, PaymentState, PaymentWorkflowInput
 from tests.saga_races import RecordingGateway
 from tests.support import (
     Stack,
     payment,
+    produce_raw,
     read_outcomes,
     running_bridge,
     running_worker,
 )
-from tests.test_workflow_end_to_end import SILENT, produce_payment, wait_for_phase
+from tools.producing import encode_record
 from workflows.models import PublishOutcomeInput
+from workflows.simulations.gateway import GatewayBehaviour
 from workflows.simulations.ledger import Ledger
 from workflows.worker import open_worker
 
 TEMPORAL_CLI = str(Path(sys.executable).parent / "temporal")
+SILENT = GatewayBehaviour(callbacks=False)  # accepts requests, never calls back
+
+
+async def produce_payment(settings: Settings, p: PaymentCreated) -> None:
+    await produce_raw(settings, settings.topic_payments, [encode_record(Codec(), p)])
+
+
+async def wait_for_phase(client: Client, p: PaymentCreated, phase: PaymentPhase) -> None:
+    handle = client.get_workflow_handle(payment_workflow_id(p.payment_id))
+    for _ in range(600):
+        try:
+            state = await handle.query("status", result_type=PaymentState)
+            if state.status == phase:
+                return
+        except RPCError:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{p.payment_id} never reached {phase}")
 
 
 def consumed(stack: Stack, topic: str) -> float:
