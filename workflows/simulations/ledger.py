@@ -3,17 +3,25 @@
 Balances are kept per (account, currency) and never go negative. Every movement is recorded
 under an idempotency key (the payment id and the kind of movement), so a retried or replayed
 activity never moves money twice.
+
+Durability: ``synchronous=FULL``, so that a movement Temporal has recorded as done survives a
+power loss (with ``NORMAL`` the last commits in the write-ahead log can be lost). A failed
+COMMIT (I/O error, full disk) is rolled back, or the connection is reopened, so that the write
+lock is never left held.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+log = logging.getLogger(__name__)
 
 DEMO_ACCOUNTS = tuple(f"acct-{n:04d}" for n in range(1, 1001))
 DEMO_CURRENCIES = ("EUR", "USD", "GBP")
@@ -64,11 +72,16 @@ class Ledger:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db = self._open()
         self._db.executescript(_SCHEMA)
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA busy_timeout=5000")
+        db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on disk before the activity reports it (see the module docstring).
+        db.execute("PRAGMA synchronous=FULL")
+        return db
 
     def close(self) -> None:
         with self._lock:
@@ -168,10 +181,26 @@ class Ledger:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            # Inside the try: a COMMIT that fails (I/O error, full disk, busy) must not leave
+            # the transaction open with the write lock held.
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._abandon()
             raise
-        self._db.execute("COMMIT")
+
+    def _abandon(self) -> None:
+        """End the failed transaction: ROLLBACK, or, if SQLite cannot even do that, close the
+        connection (which releases its locks) and open a fresh one. SQLite may already have
+        rolled back by itself after an I/O error or a full disk; then there is nothing to do."""
+        try:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.warning("ledger %s: ROLLBACK failed (%s); reopening the connection", self.path, exc)
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = self._open()
 
     def _movement(self, key: str) -> Movement | None:
         row = self._db.execute(
