@@ -219,7 +219,7 @@ async def open_dev_stack(
         readiness.register(metrics_server)
         readiness.client = client
         kafka = await stack.enter_async_context(kafka_io(settings, metrics=WorkerMetrics(registry)))
-        readiness.kafka = kafka.producer
+        readiness.kafka = kafka
         secret = (
             settings.gateway_secret.get_secret_value()
             if settings.gateway_secret

@@ -25,13 +25,12 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from plumbing.health import MetricsServer
-from plumbing.kafka import RecoveringProducer
 from plumbing.process import until_signalled
 from plumbing.settings import DEFAULT_WORKER_SHUTDOWN_GRACE, Settings
 from plumbing.temporal import connect_with_retry, sdk_metrics_runtime
 from workflows.activities.fraud import FraudActivities
 from workflows.activities.gateway import GatewayActivities
-from workflows.activities.kafka import OutcomeActivities, kafka_io
+from workflows.activities.kafka import KafkaIO, OutcomeActivities, kafka_io
 from workflows.activities.ledger import LedgerActivities
 from workflows.activities.notifications import NotificationActivities
 from workflows.fraud import FraudCheckWorkflow, fraud_task_queue
@@ -188,7 +187,7 @@ class Readiness:
 
     def __init__(self) -> None:
         self.client: Client | None = None
-        self.kafka: RecoveringProducer | None = None
+        self.kafka: KafkaIO | None = None
         self.workers: list[Worker] = []
 
     def register(self, server: MetricsServer) -> None:
@@ -250,7 +249,7 @@ async def run_worker(
             gateway_callbacks(settings, kafka.callbacks, secret=secret) as emitter,
             manual_review_gauge(client, registry, task_queue=settings.temporal_task_queue),
         ):
-            readiness.kafka = kafka.producer
+            readiness.kafka = kafka
             gateway = simulated_gateway(settings, emitter, secret=secret, callbacks=simulator)
             try:
                 async with open_worker(

@@ -262,6 +262,10 @@ class KafkaIO:
     outcomes: OutcomeActivities
     callbacks: KafkaCallbackEmitter
 
+    async def reachable(self) -> bool:
+        """Whether Kafka answers now (the worker's readiness check)."""
+        return await self.producer.reachable()
+
 
 @contextlib.asynccontextmanager
 async def kafka_io(
