@@ -59,6 +59,11 @@ def _host_port(value: str) -> str:
     return value
 
 
+# How long a stopping worker lets the activities in flight finish (the longest activity
+# timeout of the payment saga is 30 s).
+DEFAULT_WORKER_SHUTDOWN_GRACE = timedelta(seconds=30)
+
+
 class Settings(BaseSettings):
     """Every setting of paybridge. Field aliases are the environment variable names."""
 
@@ -111,6 +116,11 @@ class Settings(BaseSettings):
     callback_timeout: Duration = Field(timedelta(minutes=5), alias="PAYBRIDGE_CALLBACK_TIMEOUT")
     stale_retry_delay: Duration = Field(timedelta(minutes=30), alias="PAYBRIDGE_STALE_RETRY_DELAY")
     orphan_timeout: Duration = Field(timedelta(minutes=10), alias="PAYBRIDGE_ORPHAN_TIMEOUT")
+    # On SIGTERM the worker stops polling and lets the activities in flight finish for this long
+    # before cancelling them (a rolling deploy then does not cut an outcome being published).
+    worker_shutdown_grace: Duration = Field(
+        DEFAULT_WORKER_SHUTDOWN_GRACE, alias="PAYBRIDGE_WORKER_SHUTDOWN_GRACE"
+    )
 
     # simulated gateway (`paybridge dev`): relative weights of its verdicts, and its latency
     sim_approve: float = Field(1.0, alias="PAYBRIDGE_SIM_APPROVE", ge=0)

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from tests.faults.harness import FAULTS, run
+from tests.faults.harness import FAULTS, Verdict, run
 
 SEED = int(os.environ.get("PAYBRIDGE_FAULT_SEED", "1"))
 
@@ -40,3 +40,13 @@ async def test_suite_catches_commits_moved_before_the_temporal_call(tmp_path: Pa
     never_started = [pid for pid, why in verdict.lost.items() if "no workflow exists" in why]
     assert never_started, verdict.problems()
     assert f"lost {sorted(never_started)[0]}: no workflow exists" in verdict.problems()
+
+
+def test_a_copy_with_the_same_event_id_fails_the_verdict() -> None:
+    clean = Verdict(seed=1, payments=0)
+    assert clean.ok
+    copied = Verdict(seed=1, payments=0, copies={"f1-00007": 1})
+    assert not copied.ok
+    assert copied.republished == 1
+    assert "copied f1-00007: 1 more record(s) with the same event id" in copied.problems()
+    assert "| 0 | 0 | 1 |" in copied.table_row()

@@ -36,7 +36,7 @@ from workflows.review_queue import manual_review_gauge
 from workflows.simulations.ledger import Ledger
 from workflows.simulations.notifications import NotificationSink
 from workflows.simulations.webhook import gateway_callbacks
-from workflows.worker import open_worker, simulated_gateway
+from workflows.worker import Readiness, open_worker, simulated_gateway
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,12 @@ async def open_dev_stack(
         metrics_server = await stack.enter_async_context(
             MetricsServer(registry, host=HOST, port=settings.metrics_port)
         )
+        # Not ready until the worker polls (the bridge adds its own Temporal and Kafka checks).
+        readiness = Readiness()
+        readiness.register(metrics_server)
+        readiness.client = client
         kafka = await stack.enter_async_context(kafka_io(settings, metrics=WorkerMetrics(registry)))
+        readiness.kafka = kafka
         secret = (
             settings.gateway_secret.get_secret_value()
             if settings.gateway_secret
@@ -258,6 +263,8 @@ async def open_dev_stack(
                 outcomes=kafka.outcomes,
                 gateway=gateway,
                 notifications=NotificationSink(root / "notifications.jsonl"),
+                graceful_shutdown=settings.worker_shutdown_grace,
+                readiness=readiness,
             )
         )
         await stack.enter_async_context(

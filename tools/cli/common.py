@@ -11,12 +11,12 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import click
 
-from plumbing.settings import Settings, load_settings, parse_duration
+from plumbing.settings import Settings, format_duration, load_settings, parse_duration
 from schemas.errors import ConfigError, PaybridgeError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -50,6 +50,15 @@ BRIDGE_FLAGS = (
 )
 
 
+WORKER_FLAGS = (
+    (
+        "worker_shutdown_grace",
+        "--shutdown-grace",
+        "on SIGTERM, how long activities in flight may finish before they are cancelled",
+    ),
+)
+
+
 def _env_name(field: str) -> str:
     return Settings.model_fields[field].alias or field.upper()
 
@@ -61,6 +70,8 @@ def settings_options(*groups: tuple[tuple[str, str, str], ...]) -> Callable[[F],
         for group in reversed(groups):
             for field, flag, text in reversed(group):
                 default = Settings.model_fields[field].default
+                if isinstance(default, timedelta):
+                    default = format_duration(default)
                 func = click.option(
                     flag,
                     field,

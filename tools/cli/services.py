@@ -10,6 +10,7 @@ import click
 from tools.cli.common import (
     BRIDGE_FLAGS,
     CONNECTION_FLAGS,
+    WORKER_FLAGS,
     guard,
     run_async,
     settings_from,
@@ -86,14 +87,18 @@ def bridge_command(**options: Any) -> None:
     is_flag=True,
     help="The simulated gateway accepts authorisation requests but sends no callbacks.",
 )
-@settings_options(CONNECTION_FLAGS, tuple(f for f in BRIDGE_FLAGS if f[0] == "metrics_port"))
+@settings_options(
+    CONNECTION_FLAGS, tuple(f for f in BRIDGE_FLAGS if f[0] == "metrics_port"), WORKER_FLAGS
+)
 @guard
 def worker(ledger_path: Path, seed_demo_accounts: bool, no_simulator: bool, **options: Any) -> None:
     """Run a Temporal worker for the payment workflows and activities.
 
     Its simulated gateway signs callbacks with PAYBRIDGE_GATEWAY_SECRET (required) and produces
     them to the callbacks topic, or POSTs them to the webhook with PAYBRIDGE_SIM_CALLBACKS=webhook
-    (at PAYBRIDGE_SIM_WEBHOOK_URL); PAYBRIDGE_SIM_* set its ratios and latency.
+    (at PAYBRIDGE_SIM_WEBHOOK_URL); PAYBRIDGE_SIM_* set its ratios and latency. On SIGTERM it
+    stops polling and lets activities in flight finish for up to --shutdown-grace (default 30s).
+    /readyz answers 200 once it is connected to Temporal and Kafka and polling.
     """
     from workflows.worker import run_worker
 
