@@ -474,15 +474,26 @@ class SignalEmitter:
 
 
 def _use_runner(runner: str) -> None:
-    """Research knob (``--direct-runner``): the Temporal-only worker's workflow runner."""
+    """Research knob (``--direct-runner``): the Temporal-only worker's workflow runners.
+
+    ``sandbox``: the worker's own (``workflows.worker.SANDBOX`` for both queues);
+    ``plain-sandbox``: the SDK's ``SandboxedWorkflowRunner`` with the same restrictions (the
+    setting before the worker compiled workflow modules once); ``unsandboxed``: no sandbox;
+    ``fraud-unsandboxed``: the worker's sandbox for the payments, none for the fraud check.
+    """
     if runner == "sandbox":
         return
     from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+    from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
     import workflows.worker as module
     from workflows.activities.fraud import FraudActivities
     from workflows.fraud import FraudCheckWorkflow, fraud_task_queue
 
+    if runner == "plain-sandbox":
+        plain = SandboxedWorkflowRunner(restrictions=module.SANDBOX.restrictions)
+        module.SANDBOX = plain  # type: ignore[assignment]
+        return
     unsandboxed = UnsandboxedWorkflowRunner()
     if runner == "unsandboxed":
         module.SANDBOX = unsandboxed  # type: ignore[assignment]
@@ -1480,7 +1491,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--direct-runner",
-        choices=("sandbox", "unsandboxed", "fraud-unsandboxed"),
+        choices=("sandbox", "plain-sandbox", "unsandboxed", "fraud-unsandboxed"),
         default="sandbox",
         help="research: the Temporal-only worker's workflow runner (default: the real one)",
     )
