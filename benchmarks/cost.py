@@ -72,6 +72,7 @@ import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -487,6 +488,7 @@ def _use_runner(runner: str) -> None:
     from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
     import workflows.worker as module
+    from plumbing.settings import DEFAULT_WORKER_SHUTDOWN_GRACE
     from workflows.activities.fraud import FraudActivities
     from workflows.fraud import FraudCheckWorkflow, fraud_task_queue
 
@@ -498,7 +500,13 @@ def _use_runner(runner: str) -> None:
     if runner == "unsandboxed":
         module.SANDBOX = unsandboxed  # type: ignore[assignment]
 
-    def fraud_worker(client: Any, *, task_queue: str, executor: Any) -> Worker:
+    def fraud_worker(
+        client: Any,
+        *,
+        task_queue: str,
+        executor: Any,
+        graceful_shutdown: timedelta = DEFAULT_WORKER_SHUTDOWN_GRACE,
+    ) -> Worker:
         return Worker(
             client,
             task_queue=fraud_task_queue(task_queue),
@@ -507,6 +515,7 @@ def _use_runner(runner: str) -> None:
             activity_executor=executor,
             max_concurrent_workflow_tasks=module.WORKFLOW_TASK_SLOTS,
             workflow_runner=unsandboxed,
+            graceful_shutdown_timeout=graceful_shutdown,
         )
 
     module.fraud_worker = fraud_worker
