@@ -10,6 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tests.faults import cluster as cluster_module
 from tests.faults.harness import FAULTS, run
 
 
@@ -43,6 +44,8 @@ def main() -> int:
         parser.error(f"--kinds: choose from {', '.join(FAULTS)}")
     if args.long:
         args.payments, args.faults = 5000, 3 * len(kinds)
+    if args.keep:
+        cluster_module.TEMPORAL_IN_MEMORY = False  # keep Temporal's database with the logs
     with tempfile.TemporaryDirectory(prefix="paybridge-faults-") as tmp:
         root = args.keep or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
