@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.events import GatewayCallback, OutcomeStatus, PaymentCreated, PaymentMethod
 
@@ -38,6 +38,8 @@ QUERY_STATUS = "status"
 
 
 class PaymentPhase(StrEnum):
+    # PENDING: not processing yet; a run started by an early callback or cancel waits here for
+    # its payment (step "waiting for payment").
     PENDING = "PENDING"
     PROCESSING = "PROCESSING"
     AWAITING_CALLBACK = "AWAITING_CALLBACK"
@@ -47,6 +49,9 @@ class PaymentPhase(StrEnum):
     REJECTED = "REJECTED"
     CANCELLED = "CANCELLED"
     TIMED_OUT = "TIMED_OUT"
+    # A run started by an early callback or cancel whose payment never came within the orphan
+    # timeout: it moved no money, dead-lettered what it held, and ended Failed.
+    ORPHANED = "ORPHANED"
 
 
 class SourceRecord(BaseModel):
@@ -54,13 +59,16 @@ class SourceRecord(BaseModel):
     the workflow can dead-letter it (an early callback whose payment never came) exactly as
     the bridge would have."""
 
+    # Bytes travel as base64 in the JSON payload: they need not be UTF-8.
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+
     topic: str
     partition: int
     offset: int
     timestamp_ms: int
     key: bytes | None = None
     value: bytes | None = None
-    headers: list[tuple[str, bytes]] = Field(default_factory=list)
+    headers: list[tuple[str, bytes | None]] = Field(default_factory=list)
 
 
 class PaymentWorkflowInput(BaseModel):
