@@ -20,7 +20,7 @@ from plumbing.settings import Settings
 from plumbing.temporal import connect_with_retry, sdk_metrics_runtime
 from workflows.activities.fraud import FraudActivities
 from workflows.activities.gateway import GatewayActivities
-from workflows.activities.kafka import OutcomeActivities, kafka_io
+from workflows.activities.kafka import OrphanActivities, OutcomeActivities, kafka_io
 from workflows.activities.ledger import LedgerActivities
 from workflows.activities.notifications import NotificationActivities
 from workflows.fraud import FraudCheckWorkflow, fraud_task_queue
@@ -66,9 +66,11 @@ def activities(
     gateway: SimulatedGateway,
     notifications: NotificationSink,
     outcomes: OutcomeActivities | None,
+    orphans: OrphanActivities | None = None,
 ) -> list[Callable[..., Any]]:
-    """The activities of the payments task queue, bound to their clients (``outcomes`` None:
-    left out, for tests that register their own ``publish_outcome``)."""
+    """The activities of the payments task queue, bound to their clients (``outcomes`` or
+    ``orphans`` None: left out, for tests that register their own ``publish_outcome`` or
+    ``dead_letter_orphan``)."""
     book = LedgerActivities(ledger)
     gate = GatewayActivities(gateway)
     found: list[Callable[..., Any]] = [
@@ -82,6 +84,8 @@ def activities(
     ]
     if outcomes is not None:
         found.append(outcomes.publish_outcome)
+    if orphans is not None:
+        found.append(orphans.dead_letter_orphan)
     return found
 
 
@@ -95,13 +99,15 @@ async def open_worker(
     gateway: SimulatedGateway | None = None,
     notifications: NotificationSink | None = None,
     extra_activities: Sequence[Callable[..., Any]] = (),
+    orphans: OrphanActivities | None = None,
 ) -> AsyncIterator[Worker]:
     """A running worker; on exit it finishes its tasks and stops polling.
 
     ``outcomes`` publishes the outcomes (None: a test registers its own ``publish_outcome`` in
     ``extra_activities``). Without ``gateway`` the simulated gateway accepts authorisation
     requests and sends no callbacks: callbacks then come only from producers of the callbacks
-    topic.
+    topic. ``orphans`` dead-letters what a run whose payment never came held (None: a test
+    registers its own ``dead_letter_orphan``, or has no such runs).
     """
     gateway = gateway or SimulatedGateway()
     # Ledger calls are short blocking SQLite calls: a small thread pool runs them.
@@ -116,6 +122,7 @@ async def open_worker(
                     gateway=gateway,
                     notifications=notifications or NotificationSink(),
                     outcomes=outcomes,
+                    orphans=orphans,
                 ),
                 *extra_activities,
             ],
@@ -187,6 +194,7 @@ async def run_worker(
                         ledger=ledger,
                         outcomes=kafka.outcomes,
                         gateway=gateway,
+                        orphans=kafka.orphans,
                     ):
                         await stop.wait()
                 finally:
