@@ -26,6 +26,7 @@ from schemas.errors import SignatureError
 from schemas.events import Event, GatewayCallback, PaymentCancelRequested, PaymentCreated
 from schemas.ids import payment_workflow_id
 from schemas.workflow_api import (
+    MAX_SOURCE_BYTES,
     SIGNAL_CANCEL,
     SIGNAL_GATEWAY_CALLBACK,
     SIGNAL_PAYMENT_CREATED,
@@ -70,15 +71,28 @@ class Route:
 
 
 def source_record(record: Record) -> SourceRecord:
-    """Where ``record`` was, and its bytes: what the workflow needs to dead-letter it."""
+    """Where ``record`` was, and its bytes: what the workflow needs to dead-letter it. Past
+    ``MAX_SOURCE_BYTES`` the value, then the headers, stay behind (see ``SourceRecord``)."""
+    headers = list(record.headers or ())
+    value = record.value
+    value_omitted = headers_omitted = None
+    header_bytes = sum(len(k) + len(v or b"") for k, v in headers)
+    size = len(record.key or b"") + len(value or b"") + header_bytes
+    if size > MAX_SOURCE_BYTES and value:
+        value_omitted, value = len(value), None
+        size -= value_omitted
+    if size > MAX_SOURCE_BYTES and headers:
+        headers_omitted, headers = len(headers), []
     return SourceRecord(
         topic=record.topic,
         partition=record.partition,
         offset=record.offset,
         timestamp_ms=record.timestamp,
         key=record.key,
-        value=record.value,
-        headers=list(record.headers or ()),
+        value=value,
+        headers=headers,
+        value_omitted_bytes=value_omitted,
+        headers_omitted=headers_omitted,
     )
 
 

@@ -79,7 +79,14 @@ class DeadLetters:
         self.producer = producer
         self.topic = topic
 
-    async def send(self, record: Source, *, reason: str, error: BaseException) -> None:
+    async def send(
+        self,
+        record: Source,
+        *,
+        reason: str,
+        error: BaseException,
+        extra_headers: Sequence[tuple[str, bytes]] = (),
+    ) -> None:
         """Write ``record`` to the DLQ, retrying (with back-off) until Kafka takes it.
 
         A record too large for the DLQ topic is written smaller, once per step: first without
@@ -87,9 +94,10 @@ class DeadLetters:
         headers (``dlq.key.omitted_bytes``, ``dlq.headers.omitted``); the original stays on its
         source topic at ``dlq.source.*``. If even that is refused the topic's limit is
         misconfigured: that is logged as an error and retried with back-off, like any other
-        failure, without growing the record.
+        failure, without growing the record. ``extra_headers`` (``dlq.*``) go with the
+        contract's.
         """
-        contract = _contract_headers(record, reason=reason, error=error)
+        contract = [*_contract_headers(record, reason=reason, error=error), *extra_headers]
         own = _own_headers(record)
         key, value = record.key, record.value
         headers: list[tuple[str, bytes | None]] = [*own, *contract]

@@ -54,10 +54,18 @@ class PaymentPhase(StrEnum):
     ORPHANED = "ORPHANED"
 
 
+# A signal carries its record's bytes up to this size; beyond it the value, then the headers
+# stay on the source topic (their coordinates travel): Temporal refuses payloads over 2 MB, and
+# a gRPC message over 4 MB is answered RESOURCE_EXHAUSTED, which is indistinguishable from
+# overload and would be retried forever.
+MAX_SOURCE_BYTES = 256 * 1024
+
+
 class SourceRecord(BaseModel):
     """The Kafka record a signal came from: where it was and its bytes, untouched, so that
     the workflow can dead-letter it (an early callback whose payment never came) exactly as
-    the bridge would have."""
+    the bridge would have. A record larger than ``MAX_SOURCE_BYTES`` travels without its value
+    (``value_omitted_bytes``) or also without its headers (``headers_omitted``)."""
 
     # Bytes travel as base64 in the JSON payload: they need not be UTF-8.
     model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
@@ -69,6 +77,8 @@ class SourceRecord(BaseModel):
     key: bytes | None = None
     value: bytes | None = None
     headers: list[tuple[str, bytes | None]] = Field(default_factory=list)
+    value_omitted_bytes: int | None = None
+    headers_omitted: int | None = None
 
 
 class PaymentWorkflowInput(BaseModel):

@@ -154,7 +154,14 @@ class OrphanActivities:
     @activity.defn(name="dead_letter_orphan")
     async def dead_letter_orphan(self, input: OrphanDeadLetterInput) -> None:
         source = input.source
-        await self.dead_letters.send(source, reason="orphan", error=OrphanError(input.message))
+        omitted = []  # what stayed on the source topic (see SourceRecord)
+        if source.value_omitted_bytes is not None:
+            omitted.append(("dlq.value.omitted_bytes", str(source.value_omitted_bytes).encode()))
+        if source.headers_omitted is not None:
+            omitted.append(("dlq.headers.omitted", str(source.headers_omitted).encode()))
+        await self.dead_letters.send(
+            source, reason="orphan", error=OrphanError(input.message), extra_headers=omitted
+        )
         if self.metrics is not None:
             self.metrics.dlq_records.labels(topic=source.topic, reason="orphan").inc()
         activity.logger.warning(
