@@ -24,6 +24,9 @@ from workflows.worker import FRAUD_WORKFLOWS, SANDBOX, WORKFLOWS
 HISTORIES = Path(__file__).parent / "histories"
 SLICE = sorted(HISTORIES.glob("payment_slice_*.json"))
 SAGA = sorted(HISTORIES.glob("payment_saga_*.json"))
+# Runs started by an early callback (tests/histories/record_early.py): one waited and ran the
+# saga, one dead-lettered what it held and failed.
+EARLY = sorted(HISTORIES.glob("payment_early_*.json"))
 
 
 def load(path: Path) -> WorkflowHistory:
@@ -54,9 +57,10 @@ def test_histories_of_both_versions_are_kept() -> None:
     assert len(SLICE) >= 2 and len(SAGA) >= 3
     assert all(patch_markers(path) == [] for path in SLICE)
     assert all(patch_markers(path) == [SAGA_PATCH] for path in SAGA)
+    assert len(EARLY) >= 2
 
 
-@pytest.mark.parametrize("path", SLICE + SAGA, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", SLICE + SAGA + EARLY, ids=lambda p: p.stem)
 async def test_recorded_history_replays(path: Path) -> None:
     result = await replayer().replay_workflow(load(path), raise_on_replay_failure=False)
     assert result.replay_failure is None, result.replay_failure
