@@ -226,32 +226,49 @@ async def test_a_callback_whose_payment_never_comes_is_an_orphan(stack: Stack) -
 @pytest.mark.parametrize("payment_first", [True, False])
 async def test_a_completed_payment_stays_closed(stack: Stack, payment_first: bool) -> None:
     """A replayed PaymentCreated or a late callback for a payment that completed starts
-    nothing: deduplicated / closed, as before signal-with-start."""
-    settings, codec = stack.settings, Codec()
+    nothing: deduplicated / closed, as before signal-with-start, whichever record started the
+    run."""
+    settings, codec, registry = stack.settings, Codec(), stack.registry
     p = payment(4)
+    cb = {"signal": "gateway_callback"}
+
+    def starts(result: str) -> float:
+        return metric(registry, "paybridge_workflow_starts_total", result=result)
+
     async with running_worker(stack, gateway=SILENT), running_bridge(stack):
-        first = [(settings.topic_payments, encode_record(codec, p))]
-        then = [(settings.topic_callbacks, encode_record(codec, callback_for(p)))]
-        for topic, record in first + then if payment_first else then + first:
-            await produce_raw(settings, topic, [record])
-        await read_outcomes(settings, expect=1, timeout=60)
-        await produce_raw(settings, settings.topic_payments, [encode_record(codec, p)])
-        await produce_raw(
-            settings, settings.topic_callbacks, [encode_record(codec, callback_for(p))]
+        payment_record = (settings.topic_payments, encode_record(codec, p))
+        callback_record = (settings.topic_callbacks, encode_record(codec, callback_for(p)))
+        first, then = (
+            (payment_record, callback_record)
+            if payment_first
+            else (callback_record, payment_record)
         )
+        await produce_raw(settings, first[0], [first[1]])
 
-        async def replays_seen() -> bool:
-            dedup = metric(stack.registry, "paybridge_workflow_starts_total", result="deduplicated")
-            closed = metric(
-                stack.registry,
-                "paybridge_signals_total",
-                signal="gateway_callback",
-                result="closed",
-            )
-            return dedup >= (1 if payment_first else 2) and closed >= 1
+        async def first_applied() -> bool:
+            if payment_first:
+                return starts("started") == 1
+            return metric(registry, "paybridge_signals_total", **cb, result="started") == 1
 
-        await wait_until(replays_seen, timeout=30, what="the replays to be refused")
+        await wait_until(first_applied, what="the first record to start the run")
+        await produce_raw(settings, then[0], [then[1]])
+        await read_outcomes(settings, expect=1, timeout=60)
+        handle = stack.client.get_workflow_handle(payment_workflow_id(p.payment_id))
+
+        async def completed() -> bool:
+            return (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
+
+        await wait_until(completed, what="the run to complete")  # it publishes, then ends
+        for topic, record in (payment_record, callback_record):
+            await produce_raw(settings, topic, [record])
+
+        async def replays_refused() -> bool:
+            closed = metric(registry, "paybridge_signals_total", **cb, result="closed")
+            return closed == 1 and starts("deduplicated") == (1 if payment_first else 2)
+
+        await wait_until(replays_refused, timeout=30, what="the replays to be refused")
         outcomes = await read_outcomes(settings, expect=1, timeout=3)
     assert len(outcomes) == 1
+    assert starts("started") == (1 if payment_first else 0)
     runs = [w async for w in stack.client.list_workflows(f'WorkflowId = "payment-{p.payment_id}"')]
     assert len(runs) == 1

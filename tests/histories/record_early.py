@@ -62,8 +62,8 @@ async def record() -> None:
                 env.client, ledger, gateway=silent, fakes=[dead_letter_orphan]
             ) as harness:
                 for name, comes in (("early_callback_succeeded", True), ("early_orphaned", False)):
-                    # The replay test names the workflow payment-{file stem}: the run takes its payment id
-                    # from its workflow id, so the payment id is the stem.
+                    # The replay test names the workflow payment-{file stem}, and a run takes
+                    # its payment id from its workflow id: the payment id is the stem.
                     p = payment(0, payment_id=f"payment_{name}")
                     callback = signed_callback(
                         payment_id=p.payment_id,
