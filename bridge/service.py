@@ -37,9 +37,11 @@ from schemas.errors import ConsumerStopped
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE = 10.0
-# The poll loop goes round at least every 5.2 s (see Bridge._poll_once); a loop that has not for
-# this long is stuck (e.g. inside the Kafka client) and the bridge is reported as stopped.
-STALL_TIMEOUT = 120.0
+# The poll loop goes round at least every 5.2 s (see Bridge._poll_once), except while a rebalance
+# waits for the group's other members, which Kafka bounds by max.poll.interval.ms (aiokafka's
+# default 300 s). A loop that has not gone round for longer is stuck (e.g. inside the Kafka
+# client) and the bridge is reported as stopped.
+STALL_TIMEOUT = 360.0
 CLIENT_STOP_TIMEOUT = 5.0
 
 
