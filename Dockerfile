@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # One image for every paybridge process of docker-compose.yml: `paybridge bridge`,
-# `paybridge worker` and the one-shot `paybridge topics create`. It carries the runtime only:
+# `paybridge worker`, `paybridge webhook`, the one-shot `paybridge topics create` and the
+# operator commands (`docker compose run --rm cli ...`). It carries the runtime only:
 # no embedded servers, no plotting (those are the `dev` and `tools` extras).
 ARG PYTHON_IMAGE=python:3.11.10-slim-bookworm
 
@@ -29,8 +30,9 @@ COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-deps /wheels/*.whl && rm -rf /wheels /src
 USER paybridge
 WORKDIR /data
-# /metrics, /healthz and /readyz; the worker also serves the Temporal SDK's metrics on 9465.
-EXPOSE 9464 9465
+# /metrics, /healthz and /readyz; the worker also serves the Temporal SDK's metrics on 9465,
+# the webhook takes the gateway's callbacks on 9480.
+EXPOSE 9464 9465 9480
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ['PAYBRIDGE_METRICS_PORT']}/readyz\", timeout=2)"]
 ENTRYPOINT ["paybridge"]

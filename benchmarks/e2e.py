@@ -219,6 +219,7 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
         TEMPORAL_ADDRESS=f"127.0.0.1:{free_port()}",
         PAYBRIDGE_METRICS_PORT=free_port(),
+        PAYBRIDGE_WEBHOOK_PORT=free_port(),
         PAYBRIDGE_SDK_METRICS_PORT=0,  # no second runtime: the quiet default one below
     )
     host = machine()

@@ -36,8 +36,10 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from bridge.metrics import BridgeMetrics
 from bridge.offsets import PartitionOffsets
 from bridge.routing import Route
+from plumbing import tracing
 from plumbing.dead_letters import DeadLetters
 from plumbing.lenient_records import undecodable_header_keys
+from plumbing.logs import record_fields
 from schemas.codec import Codec
 from schemas.errors import DecodeError, TemporalRejected
 
@@ -105,6 +107,7 @@ class Bridge:
         self.metrics = metrics
         self.codec = codec
         self.max_inflight = max_inflight
+        metrics.inflight_limit.set(max_inflight)
         self.commit_interval = commit_interval
         # On shutdown, in-flight records get this long to finish (see run()).
         self.grace = grace
@@ -215,6 +218,7 @@ class Bridge:
             else:
                 log.info("resuming fetch (%d records in flight)", self._inflight)
             self._saturated = paused
+            self.metrics.paused.labels(reason="saturated").set(int(paused))
         if paused:
             unpaused = set(self.consumer.assignment()) - set(self.consumer.paused())
             if unpaused:
@@ -270,14 +274,19 @@ class Bridge:
             check_key(record.key, event.payment_id)
             if route.check is not None:
                 route.check(event)
-            result = await route.apply(event, record)
+            with tracing.consume_span(record):  # the record's trace context, into Temporal
+                result = await route.apply(event, record)
         except DecodeError as exc:
             await self._dead_letter(record, exc.kind, exc)
         except TemporalRejected as exc:
             await self._dead_letter(record, "rejected_by_temporal", exc)
         except Exception as exc:  # a bug must not stall the partition: keep the record in the DLQ
             log.exception(
-                "%s-%s@%s: unexpected error", record.topic, record.partition, record.offset
+                "%s-%s@%s: unexpected error",
+                record.topic,
+                record.partition,
+                record.offset,
+                extra=record_fields(record),
             )
             await self._dead_letter(record, "processing_error", exc)
         else:
@@ -286,7 +295,13 @@ class Bridge:
 
     async def _dead_letter(self, record: Record, reason: str, error: BaseException) -> None:
         log.warning(
-            "%s-%s@%s -> DLQ (%s): %s", record.topic, record.partition, record.offset, reason, error
+            "%s-%s@%s -> DLQ (%s): %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            reason,
+            error,
+            extra={**record_fields(record), "reason": reason},
         )
         await self.dead_letters.send(record, reason=reason, error=error)
         self.metrics.dlq_records.labels(topic=record.topic, reason=reason).inc()

@@ -64,6 +64,20 @@ class BridgeMetrics:
             ["reason"],
             registry=registry,
         )
+        self.inflight_limit = Gauge(
+            "paybridge_inflight_limit",
+            "PAYBRIDGE_MAX_INFLIGHT: records in flight at which the bridge stops fetching.",
+            registry=registry,
+        )
+        self.paused = Gauge(
+            "paybridge_bridge_paused",
+            "1 while the bridge has paused fetching: reason=saturated (every in-flight slot "
+            "busy for 5 s, all partitions paused; the only reason since no record waits in the "
+            "bridge for another).",
+            ["reason"],
+            registry=registry,
+        )
+        self.paused.labels(reason="saturated").set(0)
         self.producers_replaced = Counter(
             "paybridge_dlq_producer_replaced_total",
             "DLQ producers replaced because the broker no longer knew their idempotence state "

@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from prometheus_client import CollectorRegistry
+
 from bridge.metrics import BridgeMetrics
 from bridge.temporal_calls import TemporalCalls
 from plumbing.settings import Settings
@@ -110,9 +112,15 @@ def verify_signature(secret: str) -> Callable[[GatewayCallback], None]:
 
 
 def build_routes(
-    settings: Settings, calls: TemporalCalls, *, gateway_secret: str, metrics: BridgeMetrics
+    settings: Settings,
+    calls: TemporalCalls,
+    *,
+    gateway_secret: str,
+    metrics: BridgeMetrics | None = None,
 ) -> dict[str, Route]:
-    """The contract's three input topics, keyed by topic name."""
+    """The contract's three input topics, keyed by topic name (``metrics`` None: counted in a
+    registry of their own, for callers that only read the table)."""
+    metrics = metrics or BridgeMetrics(CollectorRegistry())
     waiting_input = payment_input(settings, None)
 
     async def start_payment(event: PaymentCreated, record: Record) -> str:

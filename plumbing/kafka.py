@@ -23,6 +23,7 @@ from aiokafka.errors import (
 
 from plumbing import lenient_records
 from plumbing.settings import Settings
+from schemas.errors import ConfigError, TopicError
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +41,43 @@ def client_kwargs(settings: Settings) -> dict[str, Any]:
         "security_protocol": settings.kafka_security_protocol,
     }
     if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
-        kwargs["ssl_context"] = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+        kwargs["ssl_context"] = ssl_context(settings)
+    elif settings.kafka_ssl_certfile:
+        raise ConfigError("KAFKA_SECURITY_PROTOCOL", "KAFKA_SSL_CERTFILE needs SSL or SASL_SSL")
     if settings.kafka_security_protocol.startswith("SASL"):
         kwargs["sasl_mechanism"] = settings.kafka_sasl_mechanism or "PLAIN"
         kwargs["sasl_plain_username"] = settings.kafka_sasl_username
         if settings.kafka_sasl_password is not None:
             kwargs["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
     return kwargs
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext:
+    """TLS to Kafka: the CA bundle of ``KAFKA_SSL_CAFILE`` (default: the system's), and for
+    mTLS the client certificate ``KAFKA_SSL_CERTFILE`` with its key ``KAFKA_SSL_KEYFILE``
+    (``KAFKA_SSL_KEY_PASSWORD`` if it is encrypted)."""
+    try:
+        context = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+    except (OSError, ssl.SSLError) as exc:
+        problem = f"cannot load {settings.kafka_ssl_cafile}: {exc}"
+        raise ConfigError("KAFKA_SSL_CAFILE", problem) from exc
+    if settings.kafka_ssl_keyfile and not settings.kafka_ssl_certfile:
+        raise ConfigError("KAFKA_SSL_CERTFILE", "is required with KAFKA_SSL_KEYFILE")
+    if settings.kafka_ssl_certfile:
+        password = settings.kafka_ssl_key_password
+        try:
+            context.load_cert_chain(
+                settings.kafka_ssl_certfile,
+                settings.kafka_ssl_keyfile,
+                password.get_secret_value() if password is not None else None,
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                "KAFKA_SSL_CERTFILE",
+                f"cannot load {settings.kafka_ssl_certfile} with key "
+                f"{settings.kafka_ssl_keyfile or '(in the same file)'}: {exc}",
+            ) from exc
+    return context
 
 
 def idempotent_producer(settings: Settings, **extra: Any) -> AIOKafkaProducer:
@@ -89,6 +120,65 @@ PRODUCER_STATE_ERRORS: tuple[type[KafkaError], ...] = (
     InvalidProducerEpoch,
 )
 SEND_TIMEOUT_SECONDS = 60.0
+# How long discarding a producer waits for the requests it already sent to be answered (or to
+# fail with its closed connections).
+ABORT_WAIT_SECONDS = 5.0
+
+
+async def abort_producer(producer: AIOKafkaProducer, error: KafkaError) -> None:
+    """Stop ``producer`` without delivering what it still holds.
+
+    aiokafka's ``stop()`` flushes first, and an idempotent producer retries a batch until the
+    broker takes it, for ever: a producer stopped while the broker is unreachable or hangs
+    keeps trying in the background (a ``wait_for`` around ``stop()`` abandons the wait, not the
+    sending), and its records can land minutes later. Here no new request is sent, the
+    connections are closed, which fails the requests in flight (a record whose answer came
+    first resolves its send as written), and every record still held fails with ``error``.
+    Afterwards this producer writes nothing; only a request already on its way to the broker
+    may still be appended by it.
+    """
+    # aiokafka has no public abort: these are its producer's sender task, accumulator and
+    # client internals (aiokafka 0.14).
+    loop = asyncio.get_running_loop()
+    producer._closed = True  # stop() becomes a no-op
+    sender = producer._sender
+    task = sender.sender_task if sender is not None else None
+    if task is not None and not task.done():
+        task.cancel()  # no new produce requests
+    client = producer.client
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.close(), ABORT_WAIT_SECONDS)
+    # The requests in flight fail with their connections and their batches go back to the
+    # accumulator after the retry back-off; wait for that (or for their answers).
+    accumulator = producer._message_accumulator
+    deadline = loop.time() + ABORT_WAIT_SECONDS
+    # (polled: aiokafka signals no event when a batch goes back to the accumulator)
+    while accumulator._pending_batches and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    _fail_held(accumulator, error)
+    # Requests that failed wait for a metadata refresh that the closed client never makes:
+    # release them, so that the sender task ends instead of lingering.
+    waiting = client._md_update_fut
+    if waiting is not None and not waiting.done():
+        waiting.set_result(False)
+    if task is not None and not task.done():
+        await asyncio.wait({task}, timeout=1.0)
+
+
+def _fail_held(accumulator: Any, error: KafkaError) -> None:
+    """Fail every record ``accumulator`` holds, and every later send. (Its own ``fail_all``
+    trips over batches that went back to it after a failed request: their done callbacks
+    expect them among the pending ones.)"""
+    held = [batch for batches in accumulator._batches.values() for batch in batches]
+    held += list(accumulator._pending_batches)
+    accumulator._pending_batches.update(held)
+    accumulator._batches.clear()
+    accumulator._exception = error
+    for batch in held:
+        batch.failure(error)
+        for signal in (batch.future, batch._drain_waiter):  # the senders' own futures carry it
+            if signal.done() and not signal.cancelled():
+                signal.exception()
 
 
 class RecoveringProducer:
@@ -99,8 +189,10 @@ class RecoveringProducer:
     client recovers from this by bumping its epoch (KIP-360); aiokafka does not. Here a send
     failing with a producer-state error gets a fresh producer (new producer id) and is sent again
     once; one that hangs past ``send_timeout`` also replaces the producer, then raises
-    :class:`KafkaTimeoutError` because it may have been written. Callers already retry Kafka
-    errors (the DLQ writer, the outcome activity, which first looks for its record).
+    :class:`KafkaTimeoutError` because it may have been written. A replaced producer is
+    aborted (:func:`abort_producer`): its pending sends fail and nothing it held is written
+    later. Callers already retry Kafka errors (the DLQ writer, the outcome activity, which first
+    looks for its record; the outcome activity uses :meth:`send_or_discard`).
     """
 
     def __init__(
@@ -118,6 +210,7 @@ class RecoveringProducer:
         self._producer = make()
         self._started = False
         self._lock = asyncio.Lock()
+        self._aborts: dict[AIOKafkaProducer, asyncio.Future[None]] = {}
         self.replaced = 0
 
     async def start(self) -> None:
@@ -132,6 +225,57 @@ class RecoveringProducer:
 
     async def partitions_for(self, topic: str) -> set[int]:
         return set(await (await self._current()).partitions_for(topic))
+
+    async def topics(self) -> set[str]:
+        """The topics of fresh cluster metadata (not the cache): raises :class:`KafkaError`
+        when no broker answers. For readiness checks."""
+        metadata = await (await self._current()).client.fetch_all_metadata()
+        return set(metadata.topics())
+
+    async def reachable(self) -> bool:
+        """Whether Kafka answers a metadata request now (a readiness check)."""
+        await self.topics()  # raises when unreachable
+        return True
+
+    async def send_or_discard(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes,
+        partition: int,
+        timestamp_ms: int,
+        headers: list[tuple[str, bytes]],
+        timeout: float,
+    ) -> Any:
+        """Send one record and wait at most ``timeout`` seconds for Kafka to take it.
+
+        When this returns, the record is written (its ``RecordMetadata``). When it raises (a
+        :class:`KafkaError`, or the caller's cancellation), this process will never write the
+        record afterwards: a send that was not answered in time, or failed in a way that leaves
+        it unknown, discards the producer that held it (:func:`abort_producer`; later sends get
+        a fresh one). Only a request already on its way to the broker may still be appended
+        by the broker. Unlike :meth:`send_and_wait` it never sends a record a second time.
+        """
+        producer = await self._current()
+        sending = asyncio.ensure_future(
+            producer.send_and_wait(topic, value, key, partition, timestamp_ms, headers)
+        )
+        try:
+            done, _ = await asyncio.wait({sending}, timeout=timeout)
+        except asyncio.CancelledError:
+            await self._replace(producer, KafkaTimeoutError(f"{self._what}: send cancelled"))
+            raise
+        if not done:
+            late = f"{self._what}: no answer to a send to {topic} in {timeout:.1f}s"
+            await self._replace(producer, KafkaTimeoutError(late))
+        try:
+            return await sending  # written, also if it was written while being discarded
+        except PRODUCER_STATE_ERRORS as exc:
+            # The broker forgot this producer; an earlier request of the same batch may have
+            # been written before it did. Not sent again: the caller finds out which.
+            await self._replace(producer, exc)
+            raise
 
     async def send(
         self,
@@ -189,19 +333,27 @@ class RecoveringProducer:
         return self._producer
 
     async def _replace(self, failed: AIOKafkaProducer, error: BaseException) -> None:
+        """Put a fresh producer in ``failed``'s place (once) and return when ``failed`` has
+        been aborted, also when another send started the abort."""
         async with self._lock:
-            if self._producer is not failed:
-                return  # another send already replaced it
-            log.warning("%s: replacing the Kafka producer after %r", self._what, error)
-            self._producer, self._started = self._make(), False
-            self.replaced += 1
-            if self._on_replace is not None:
-                self._on_replace()
-            with contextlib.suppress(KafkaError):
-                await self._producer.start()
-                self._started = True
-        with contextlib.suppress(Exception, TimeoutError):
-            await asyncio.wait_for(failed.stop(), 5)  # its pending sends fail and come back here
+            if self._producer is failed:
+                log.warning("%s: replacing the Kafka producer after %r", self._what, error)
+                self._producer, self._started = self._make(), False
+                self.replaced += 1
+                if self._on_replace is not None:
+                    self._on_replace()
+                # Its pending sends fail (and come back to their callers); nothing it held is
+                # written afterwards.
+                reason = error if isinstance(error, KafkaError) else KafkaTimeoutError(repr(error))
+                started = asyncio.ensure_future(abort_producer(failed, reason))
+                self._aborts[failed] = started
+                started.add_done_callback(lambda _: self._aborts.pop(failed, None))
+                with contextlib.suppress(KafkaError):
+                    await self._producer.start()
+                    self._started = True
+            aborting = self._aborts.get(failed)
+        if aborting is not None:
+            await asyncio.shield(aborting)
 
 
 def recovering_producer(
@@ -251,8 +403,9 @@ async def stop_and_leave_group(created: AIOKafkaConsumer) -> None:
 
 
 def outcome_reader(settings: Settings) -> Callable[[], AIOKafkaConsumer]:
-    """Makes group-less consumers with which a retried outcome publish looks for its record."""
-    return lambda: consumer(settings, enable_auto_commit=False)
+    """Makes group-less consumers with which a retried outcome publish looks for its record
+    (from the earliest offset if the one it asks for is gone)."""
+    return lambda: consumer(settings, enable_auto_commit=False, auto_offset_reset="earliest")
 
 
 def _hold_empty_fetches(created: AIOKafkaConsumer, wait: float) -> None:
@@ -309,8 +462,25 @@ def topic_specs(settings: Settings) -> dict[str, int]:
     return specs
 
 
-async def create_topics(settings: Settings, specs: dict[str, int] | None = None) -> list[str]:
-    """Create the missing topics; returns the names created (existing ones are left as they are)."""
+async def create_topics(
+    settings: Settings,
+    specs: dict[str, int] | None = None,
+    *,
+    replication_factor: int = 1,
+    min_insync_replicas: int = 1,
+) -> list[str]:
+    """Create the missing topics; returns the names created (existing ones are left as they are).
+
+    ``replication_factor`` and ``min_insync_replicas`` apply to the topics created: 1 and 1 in
+    development, 3 and 2 in production (with ``acks=all`` producers, a write then survives the
+    loss of one broker, and is refused rather than kept on one broker alone). Raises
+    :class:`TopicError` with Kafka's message when it refuses a topic.
+    """
+    if not 1 <= min_insync_replicas <= replication_factor:
+        raise TopicError(
+            f"min.insync.replicas {min_insync_replicas} must be between 1 and the "
+            f"replication factor {replication_factor}"
+        )
     admin = AIOKafkaAdminClient(**client_kwargs(settings))
     await admin.start()
     try:
@@ -320,18 +490,30 @@ async def create_topics(settings: Settings, specs: dict[str, int] | None = None)
             NewTopic(
                 name,
                 num_partitions=partitions,
-                replication_factor=1,
-                topic_configs={"max.message.bytes": str(TOPIC_MAX_MESSAGE_BYTES)},
+                replication_factor=replication_factor,
+                topic_configs={
+                    "max.message.bytes": str(TOPIC_MAX_MESSAGE_BYTES),
+                    "min.insync.replicas": str(min_insync_replicas),
+                },
             )
             for name, partitions in wanted.items()
             if name not in existing
         ]
+        created: list[str] = []
         if missing:
             try:
-                await admin.create_topics(missing)
+                response = await admin.create_topics(missing)
             except TopicAlreadyExistsError:
                 log.info("topics created concurrently by another process")
-        return [topic.name for topic in missing]
+                response = None
+            for name, code, *rest in getattr(response, "topic_errors", ()):
+                if code == TopicAlreadyExistsError.errno:
+                    continue
+                if code:
+                    message = rest[0] if rest and rest[0] else f"error code {code}"
+                    raise TopicError(f"Kafka refused to create {name}: {message}")
+                created.append(name)
+        return created
     finally:
         await admin.close()
 

@@ -22,6 +22,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.errors import ConfigError
 
+WEBHOOK_PATH = "/v1/gateway/callbacks"
+
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -57,6 +59,11 @@ def _host_port(value: str) -> str:
     return value
 
 
+# How long a stopping worker lets the activities in flight finish (the longest activity
+# timeout of the payment saga is 30 s).
+DEFAULT_WORKER_SHUTDOWN_GRACE = timedelta(seconds=30)
+
+
 class Settings(BaseSettings):
     """Every setting of paybridge. Field aliases are the environment variable names."""
 
@@ -75,6 +82,10 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = Field(None, alias="KAFKA_SASL_USERNAME")
     kafka_sasl_password: SecretStr | None = Field(None, alias="KAFKA_SASL_PASSWORD")
     kafka_ssl_cafile: str | None = Field(None, alias="KAFKA_SSL_CAFILE")
+    # mTLS: the client certificate (PEM, may hold the chain) and its private key.
+    kafka_ssl_certfile: str | None = Field(None, alias="KAFKA_SSL_CERTFILE")
+    kafka_ssl_keyfile: str | None = Field(None, alias="KAFKA_SSL_KEYFILE")
+    kafka_ssl_key_password: SecretStr | None = Field(None, alias="KAFKA_SSL_KEY_PASSWORD")
 
     # Temporal
     temporal_address: str = Field("127.0.0.1:7233", alias="TEMPORAL_ADDRESS")
@@ -88,6 +99,10 @@ class Settings(BaseSettings):
     # paybridge
     gateway_secret: SecretStr | None = Field(None, alias="PAYBRIDGE_GATEWAY_SECRET")
     metrics_port: int = Field(9464, alias="PAYBRIDGE_METRICS_PORT", ge=0, le=65535)
+    # `paybridge webhook` (and `paybridge dev`): POST /v1/gateway/callbacks
+    webhook_port: int = Field(9480, alias="PAYBRIDGE_WEBHOOK_PORT", ge=0, le=65535)
+    # `text` (human) or `json` (one object per line, for log shippers)
+    log_format: Literal["text", "json"] = Field("text", alias="PAYBRIDGE_LOG_FORMAT")
     # The Temporal SDK's own metrics (worker task latencies, slots, failures); 0 turns them off.
     sdk_metrics_port: int = Field(9465, alias="PAYBRIDGE_SDK_METRICS_PORT", ge=0, le=65535)
     consumer_group: str = Field("paybridge", alias="PAYBRIDGE_CONSUMER_GROUP", min_length=1)
@@ -101,6 +116,11 @@ class Settings(BaseSettings):
     callback_timeout: Duration = Field(timedelta(minutes=5), alias="PAYBRIDGE_CALLBACK_TIMEOUT")
     stale_retry_delay: Duration = Field(timedelta(minutes=30), alias="PAYBRIDGE_STALE_RETRY_DELAY")
     orphan_timeout: Duration = Field(timedelta(minutes=10), alias="PAYBRIDGE_ORPHAN_TIMEOUT")
+    # On SIGTERM the worker stops polling and lets the activities in flight finish for this long
+    # before cancelling them (a rolling deploy then does not cut an outcome being published).
+    worker_shutdown_grace: Duration = Field(
+        DEFAULT_WORKER_SHUTDOWN_GRACE, alias="PAYBRIDGE_WORKER_SHUTDOWN_GRACE"
+    )
 
     # simulated gateway (`paybridge dev`): relative weights of its verdicts, and its latency
     sim_approve: float = Field(1.0, alias="PAYBRIDGE_SIM_APPROVE", ge=0)
@@ -109,6 +129,10 @@ class Settings(BaseSettings):
     sim_never_answer: float = Field(0.0, alias="PAYBRIDGE_SIM_NEVER_ANSWER", ge=0)
     sim_transient_errors: float = Field(0.0, alias="PAYBRIDGE_SIM_TRANSIENT_ERRORS", ge=0, lt=1)
     sim_latency: Duration = Field(timedelta(milliseconds=200), alias="PAYBRIDGE_SIM_LATENCY")
+    # How its callbacks travel: produced to the callbacks topic, or POSTed to the webhook (the
+    # path a real gateway takes) at PAYBRIDGE_SIM_WEBHOOK_URL (default: this host's webhook).
+    sim_callbacks: Literal["kafka", "webhook"] = Field("kafka", alias="PAYBRIDGE_SIM_CALLBACKS")
+    sim_webhook_url: str | None = Field(None, alias="PAYBRIDGE_SIM_WEBHOOK_URL")
 
     # topics
     topic_payments: str = Field("payments.created", alias="PAYBRIDGE_TOPIC_PAYMENTS", min_length=1)
@@ -133,6 +157,18 @@ class Settings(BaseSettings):
     @classmethod
     def _temporal(cls, value: str) -> str:
         return _host_port(value)
+
+    @field_validator("sim_webhook_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        return value
+
+    @property
+    def webhook_url(self) -> str:
+        """Where the simulated gateway POSTs its callbacks."""
+        return self.sim_webhook_url or f"http://127.0.0.1:{self.webhook_port}{WEBHOOK_PATH}"
 
     @property
     def input_topics(self) -> tuple[str, str, str]:

@@ -1,18 +1,31 @@
 """The Temporal client, built from settings with the one data converter used everywhere,
-and the capped back-off with which paybridge retries Temporal calls."""
+and the capped back-off with which paybridge retries Temporal calls.
+
+Connection settings also come from Temporal's own environment configuration (the SDK's
+``temporalio.envconfig``: a profile, ``TEMPORAL_PROFILE``, in the TOML file at
+``TEMPORAL_CONFIG_FILE`` or ``~/.config/temporalio/temporal.toml``, and Temporal's standard
+variables such as ``TEMPORAL_TLS_CLIENT_CERT_PATH`` or ``TEMPORAL_GRPC_META_<NAME>``).
+Precedence, highest first: a command's flags; paybridge's own variables (``TEMPORAL_ADDRESS``,
+``TEMPORAL_NAMESPACE``, ``TEMPORAL_API_KEY``, ``TEMPORAL_TLS_CERT|KEY|CA``); Temporal's
+standard variables; the profile; paybridge's defaults (``127.0.0.1:7233``, ``default``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 from pathlib import Path
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.envconfig import ClientConfig
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.service import TLSConfig
 
+from plumbing import tracing
 from plumbing.settings import Settings
 from schemas.errors import ConfigError
 
@@ -42,23 +55,59 @@ def _read(path: str | None) -> bytes | None:
     return Path(path).read_bytes() if path else None
 
 
-async def connect(settings: Settings, *, runtime: Runtime | None = None) -> Client:
-    """Connect to ``TEMPORAL_ADDRESS`` / ``TEMPORAL_NAMESPACE`` with TLS or an API key if set."""
-    tls: TLSConfig | bool = False
-    if settings.temporal_tls_cert or settings.temporal_tls_ca or settings.temporal_api_key:
-        tls = TLSConfig(
+def _environment_config() -> dict[str, Any]:
+    """Temporal's environment configuration: profile and standard variables, through the SDK."""
+    config_file = os.environ.get("TEMPORAL_CONFIG_FILE")
+    if config_file and not Path(config_file).is_file():
+        # The SDK would silently use no file at all.
+        raise ConfigError("TEMPORAL_CONFIG_FILE", f"{config_file} is not a file")
+    try:
+        return dict(ClientConfig.load_client_connect_config())
+    except (RuntimeError, ValueError) as exc:  # unknown profile, unreadable TOML or certificate
+        name = "TEMPORAL_PROFILE" if "profile" in str(exc).lower() else "TEMPORAL_CONFIG_FILE"
+        raise ConfigError(name, str(exc)) from exc
+
+
+def connect_config(settings: Settings, *, environment: bool = True) -> dict[str, Any]:
+    """``Client.connect`` arguments: paybridge's settings over Temporal's environment
+    configuration (``environment=False``: settings only, as the dev stack wants), see the
+    module's doc for the precedence."""
+    config = _environment_config() if environment else {}
+    explicit = settings.model_fields_set
+    if "temporal_address" in explicit or not config.get("target_host"):
+        config["target_host"] = settings.temporal_address
+    if "temporal_namespace" in explicit or not config.get("namespace"):
+        config["namespace"] = settings.temporal_namespace
+    if settings.temporal_tls_cert or settings.temporal_tls_ca:
+        config["tls"] = TLSConfig(
             server_root_ca_cert=_read(settings.temporal_tls_ca),
             client_cert=_read(settings.temporal_tls_cert),
             client_private_key=_read(settings.temporal_tls_key),
         )
-    api_key = settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None
+    if settings.temporal_api_key is not None:
+        config["api_key"] = settings.temporal_api_key.get_secret_value()
+        config.setdefault("tls", True)  # an API key goes over TLS unless TEMPORAL_TLS=false
+    return config
+
+
+def temporal_target(settings: Settings) -> str:
+    """The address paybridge connects to, for messages."""
+    try:
+        return str(connect_config(settings)["target_host"])
+    except ConfigError:
+        return settings.temporal_address
+
+
+async def connect(
+    settings: Settings, *, runtime: Runtime | None = None, environment: bool = True
+) -> Client:
+    """Connect as :func:`connect_config` says, with the OpenTelemetry interceptor while
+    tracing is on (workers built on the client inherit it)."""
     return await Client.connect(
-        settings.temporal_address,
-        namespace=settings.temporal_namespace,
+        **connect_config(settings, environment=environment),
         data_converter=pydantic_data_converter,
-        tls=tls,
-        api_key=api_key,
         runtime=runtime,
+        interceptors=tracing.client_interceptors(),
     )
 
 
@@ -88,7 +137,7 @@ async def connect_with_retry(settings: Settings, *, runtime: Runtime | None = No
             delay = backoff.next_delay()
             log.warning(
                 "Temporal at %s (TEMPORAL_ADDRESS) not reachable: %s; retrying in %.1fs",
-                settings.temporal_address,
+                temporal_target(settings),
                 exc,
                 delay,
             )

@@ -14,10 +14,12 @@
     │   ├── WrongStateError    the workflow is not in a state where the operation makes sense
     │   ├── ReplayError        a replay cannot be planned or run as asked
     │   ├── DlqError           the dead-letter topic cannot be read or redriven as asked
+    │   ├── TopicError         Kafka refused to create a topic (too few brokers, ...)
     │   └── LoadError          the load generator cannot run as configured
-    └── GatewayError           the (simulated) payment gateway refused a request
-        ├── GatewayDeclined    final: never retried
-        └── GatewayUnavailable transient: the request may be retried
+    ├── GatewayError           the (simulated) payment gateway refused a request
+    │   ├── GatewayDeclined    final: never retried
+    │   └── GatewayUnavailable transient: the request may be retried
+    └── WebhookRejected        the gateway webhook refused a callback (4xx): resending won't help
 
 The tree lives beside the contract because class names are part of it: a dead letter's
 ``dlq.error.class`` header carries the exception's class name. Foreign errors (fastavro,
@@ -112,6 +114,10 @@ class DlqError(ToolError):
     """The dead-letter topic cannot be read or redriven as asked."""
 
 
+class TopicError(ToolError):
+    """Kafka refused to create a topic as asked (e.g. more replicas than brokers)."""
+
+
 class LoadError(ToolError):
     """The load generator cannot run as configured (missing topics, no outcomes topic...)."""
 
@@ -126,3 +132,11 @@ class GatewayDeclined(GatewayError):
 
 class GatewayUnavailable(GatewayError):
     """A transient gateway failure (timeout, 5xx): the request may be retried."""
+
+
+class WebhookRejected(PaybridgeError):
+    """The gateway webhook answered a callback with a 4xx: sending it again cannot help."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"webhook answered {status}: {message}")
+        self.status = status

@@ -37,6 +37,15 @@ SIGNAL_RESOLVE = "resolve"
 QUERY_STATUS = "status"
 
 
+def manual_review_query(task_queue: str | None = None) -> str:
+    """The visibility query of the payments waiting in manual review (of ``task_queue``)."""
+    query = (
+        f'WorkflowType = "{PAYMENT_WORKFLOW}" AND ExecutionStatus = "Running" '
+        f'AND PaymentStatus = "MANUAL_REVIEW"'
+    )
+    return f'{query} AND TaskQueue = "{task_queue}"' if task_queue else query
+
+
 class PaymentPhase(StrEnum):
     # PENDING: not processing yet; a run started by an early callback or cancel waits here for
     # its payment (step "waiting for payment").

@@ -13,13 +13,31 @@ from temporalio.testing import WorkflowEnvironment
 
 from plumbing.kafka import create_topics
 from plumbing.settings import Settings
-from tests import servers
+from tests import scale, servers
 from tests.support import Stack, isolated_settings
 from tools.devstack import wait_for_temporal
 from workflows.simulations.ledger import Ledger
 
 hypothesis_settings.register_profile("ci", max_examples=200, deadline=None, derandomize=True)
 hypothesis_settings.load_profile("ci")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long",
+        action="store_true",
+        help="run the acceptance runs at the issues' full counts (tests/scale.py); "
+        "same as PAYBRIDGE_TEST_SCALE=long",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--long"):
+        scale.LONG = True
+
+
+def pytest_report_header() -> str:
+    return f"paybridge test scale: {'long' if scale.LONG else 'ci'} (tests/scale.py)"
 
 
 @pytest.fixture(scope="session")

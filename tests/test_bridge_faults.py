@@ -19,6 +19,7 @@ from pathlib import Path
 from plumbing.settings import Settings
 from schemas.codec import MAGIC, Codec
 from schemas.events import CallbackStatus, GatewayCallback, PaymentCreated, PaymentOutcome
+from tests import scale
 from tests.bridge_process import BridgeProcess
 from tests.servers import Server
 from tests.support import (
@@ -223,7 +224,7 @@ async def test_hostile_input_goes_to_dlq_and_good_records_flow(
 
 async def test_two_bridge_processes_share_the_partitions(stack: Stack, tmp_path: Path) -> None:
     settings, codec = stack.settings, Codec()
-    payments = [payment(n) for n in range(300)]
+    payments = [payment(n) for n in range(scale.pick(ci=120, long=300))]
     bridges = [BridgeProcess(settings, log_path=tmp_path / f"bridge-{n}.log") for n in range(2)]
     async with running_worker(stack):
         try:
@@ -251,7 +252,10 @@ async def test_two_bridge_processes_share_the_partitions(stack: Stack, tmp_path:
 async def test_kill_9_the_bridge_three_times(stack: Stack, tmp_path: Path) -> None:
     settings, codec = stack.settings, Codec()
     rng = random.Random(2026)
-    payments = [payment(n) for n in range(2000)]
+    # CI: enough payments that all three kills land while sagas are running (asserted below).
+    payments = [payment(n) for n in range(scale.pick(ci=300, long=2000))]
+    running = f'TaskQueue = "{settings.temporal_task_queue}" AND ExecutionStatus = "Running"'
+    in_flight_at_kills = []
     # A static group identity lets the restarted bridge replace the killed one at once; without
     # it Kafka waits for the dead member's session to expire, and the embedded broker never does.
     static = settings.model_copy(update={"group_instance_id": "bridge-under-kill"})
@@ -267,6 +271,7 @@ async def test_kill_9_the_bridge_three_times(stack: Stack, tmp_path: Path) -> No
             for _ in range(3):
                 await bridge.wait_ready()
                 await asyncio.sleep(rng.uniform(1.0, 6.0))
+                in_flight_at_kills.append(await count_workflows(stack.client, running))
                 bridge.kill()
                 bridge.start()
             await producing
@@ -274,6 +279,7 @@ async def test_kill_9_the_bridge_three_times(stack: Stack, tmp_path: Path) -> No
             outcomes = await outcomes_of(settings, len(payments), timeout=600)
         finally:
             bridge.stop()
+    assert all(in_flight_at_kills), f"a kill landed with no saga running: {in_flight_at_kills}"
     assert_once_each(outcomes, {p.payment_id for p in payments})
     assert len(outcomes) == len(payments)
     assert await settled_count(stack, len(payments)) == len(payments)
@@ -283,7 +289,9 @@ async def test_temporal_outage_loses_nothing(
     stack: Stack, temporal_server: Server, tmp_path: Path
 ) -> None:
     settings, codec = stack.settings, Codec()
-    payments = [payment(n) for n in range(1000)]
+    payments = [payment(n) for n in range(scale.pick(ci=300, long=1000))]
+    first = scale.pick(ci=60, long=200)  # starts before Temporal goes down
+    running = f'TaskQueue = "{settings.temporal_task_queue}" AND ExecutionStatus = "Running"'
     bridge = BridgeProcess(settings, log_path=tmp_path / "bridge.log")
     async with running_worker(stack):
         bridge.start()
@@ -292,8 +300,9 @@ async def test_temporal_outage_loses_nothing(
             await produce_raw(
                 settings, settings.topic_payments, [encode_record(codec, p) for p in payments]
             )
-            while await bridge.sample("paybridge_workflow_starts_total", result="started") < 200:
+            while await bridge.sample("paybridge_workflow_starts_total", result="started") < first:
                 await asyncio.sleep(0.2)
+            in_flight = await count_workflows(stack.client, running)
             await temporal_server.stop()
             down_at = time.monotonic()
             readiness = []
@@ -307,6 +316,7 @@ async def test_temporal_outage_loses_nothing(
         finally:
             bridge.stop()
     assert 503 in readiness, f"bridge stayed ready while Temporal was down: {readiness}"
+    assert in_flight > 0, "no saga was running when Temporal went down"
     assert retries > 0
     assert dead == 0
     assert_once_each(outcomes, {p.payment_id for p in payments})
@@ -374,12 +384,13 @@ async def test_a_burst_of_early_callbacks_does_not_block_their_payments(stack: S
 
     (Before signal-with-start the callbacks waited inside the bridge, against a budget whose
     pauses once held back the very payments they waited for.)"""
+    count = scale.pick(ci=100, long=200)
     settings = stack.settings.model_copy(
-        update={"max_inflight": 20, "orphan_timeout": timedelta(minutes=3)}
+        update={"max_inflight": count // 10, "orphan_timeout": timedelta(minutes=3)}
     )
     stack = Stack(settings=settings, client=stack.client, ledger=stack.ledger)
     codec = Codec()
-    payments = [payment(n) for n in range(200)]
+    payments = [payment(n) for n in range(count)]
     callbacks = [(p.payment_id.encode(), codec.encode(callback_for(p)), []) for p in payments]
     silent = GatewayBehaviour(callbacks=False)
     async with running_worker(stack, gateway=silent), running_bridge(stack) as bridge:
@@ -427,7 +438,7 @@ async def test_every_record_twice_shuffled_gives_each_payment_once(stack: Stack)
     settings = stack.settings.model_copy(update={"orphan_timeout": timedelta(minutes=2)})
     stack = Stack(settings=settings, client=stack.client, ledger=stack.ledger)
     codec, rng = Codec(), random.Random(500)
-    payments = [payment(n) for n in range(500)]
+    payments = [payment(n) for n in range(scale.pick(ci=150, long=500))]
     created = [encode_record(codec, p, as_json=n % 2 == 0) for n, p in enumerate(payments)]
     callbacks = [(p.payment_id.encode(), codec.encode(callback_for(p)), []) for p in payments]
     created, callbacks = created * 2, callbacks * 2

@@ -46,6 +46,8 @@ def test_help_lists_commands() -> None:
         "dlq",
         "recurring",
         "namespace",
+        "webhook",
+        "review",
     ):
         assert command in result.stdout
     produce = run("produce", "--help").stdout
@@ -107,6 +109,7 @@ def test_dev_stack_runs_a_payment_and_stops_cleanly(tmp_path: Path, stop_signal:
         "TEMPORAL_ADDRESS": f"127.0.0.1:{temporal}",
         "PAYBRIDGE_METRICS_PORT": str(metrics),
         "PAYBRIDGE_SDK_METRICS_PORT": str(free_port()),
+        "PAYBRIDGE_WEBHOOK_PORT": str(free_port()),
     }
     started = time.monotonic()
     dev = subprocess.Popen(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+from datetime import timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from tools.cli import main as cli
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 ONE_SHOT = {"topics", "temporal-schema", "temporal-init"}
-PAYBRIDGE_SERVICES = {"topics", "worker", "bridge"}
+PAYBRIDGE_SERVICES = {"topics", "worker", "bridge", "webhook", "cli"}
 
 
 def load_yaml(path: Path) -> Any:
@@ -121,6 +122,7 @@ def test_prometheus_scrapes_the_compose_services(services: dict[str, dict[str, A
             services["worker"]["environment"]["PAYBRIDGE_METRICS_PORT"],
             services["worker"]["environment"]["PAYBRIDGE_SDK_METRICS_PORT"],
         },
+        "webhook": {services["webhook"]["environment"]["PAYBRIDGE_METRICS_PORT"]},
         "temporal": {services["temporal"]["environment"]["PROMETHEUS_ENDPOINT"].split(":")[1]},
         "localhost": {"9090"},
     }
@@ -150,3 +152,21 @@ def test_grafana_provisioning_matches_the_mounts(services: dict[str, dict[str, A
     (prometheus,) = datasource["datasources"]
     assert prometheus["url"] == "http://prometheus:9090"
     assert prometheus["uid"] == "paybridge-prometheus"
+
+
+def test_compose_gives_bridge_and_worker_the_time_they_drain_in(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """Docker sends SIGKILL after stop_grace_period (10 s by default): a rolling restart must
+    not cut the worker's outcome publishing or the bridge's drain short."""
+    import inspect
+
+    from bridge.consumer import Bridge
+    from plumbing.settings import parse_duration
+
+    worker = services["worker"]
+    drain = parse_duration(worker["environment"]["PAYBRIDGE_WORKER_SHUTDOWN_GRACE"])
+    assert parse_duration(worker["stop_grace_period"]) >= drain + timedelta(seconds=10)
+    bridge_drain = inspect.signature(Bridge).parameters["grace"].default
+    bridge_grace = parse_duration(services["bridge"]["stop_grace_period"])
+    assert bridge_grace >= timedelta(seconds=bridge_drain + 10)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("schemas", "plumbing", "bridge", "workflows", "tools")
+PACKAGES = ("schemas", "plumbing", "bridge", "webhook", "workflows", "tools")
 LINT_IMPORTS = str(Path(sys.executable).parent / "lint-imports")
 
 
@@ -61,6 +61,8 @@ def test_the_layer_rule_holds() -> None:
         ("workflows/worker.py", "import bridge.consumer"),
         ("schemas/events.py", "import plumbing.settings"),
         ("bridge/consumer.py", "import rich"),
+        ("webhook/app.py", "import bridge.consumer"),
+        ("workflows/worker.py", "import webhook.app"),
     ],
 )
 def test_a_wrong_import_breaks_the_layer_rule(tmp_path: Path, module: str, wrong: str) -> None:

@@ -43,6 +43,7 @@ from schemas.errors import ConfigError
 from schemas.events import PaymentCancelRequested
 from tests import servers
 from tests.support import (
+    GATEWAY_SECRET,
     Stack,
     isolated_settings,
     payment,
@@ -54,6 +55,7 @@ from tests.support import (
 from tools.devstack import temporal_server, wait_for_temporal
 from tools.processes import ServerProcess, free_port
 from tools.producing import encode_record
+from webhook.service import open_webhook
 from workflows.simulations.ledger import Ledger
 
 HOST = "127.0.0.1"
@@ -244,12 +246,26 @@ async def run(
         worker_server = await stack.enter_async_context(
             MetricsServer(worker_registry, host=HOST, port=0)
         )
+        webhook_registry = CollectorRegistry()
+        webhook_server = await stack.enter_async_context(
+            MetricsServer(webhook_registry, host=HOST, port=0)
+        )
+        await stack.enter_async_context(
+            open_webhook(
+                settings.model_copy(update={"webhook_port": 0}),
+                registry=webhook_registry,
+                server=webhook_server,
+                secret=GATEWAY_SECRET,
+                host=HOST,
+            )
+        )
         prometheus = await stack.enter_async_context(
             running_prometheus(
                 tmp,
                 {
                     "paybridge-bridge": f"{HOST}:{bridge_server.port}",
                     "paybridge-worker": f"{HOST}:{worker_server.port}",
+                    "paybridge-webhook": f"{HOST}:{webhook_server.port}",
                     "paybridge-worker-sdk": f"{HOST}:{settings.sdk_metrics_port}",
                     "temporal": f"{HOST}:{temporal_metrics}",
                 },

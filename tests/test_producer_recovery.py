@@ -10,9 +10,15 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from aiokafka.errors import KafkaError
 
-from plumbing.kafka import create_topics, recovering_producer
+from plumbing.kafka import (
+    RecoveringProducer,
+    create_topics,
+    idempotent_producer,
+    recovering_producer,
+)
 from plumbing.settings import Settings
 from tests.support import read_topic
 from tools.devstack import kafka_broker
@@ -100,3 +106,34 @@ async def test_producer_keeps_delivering_across_broker_restarts(tmp_path: Path) 
     # of three restarts). Kafka with acks=all does not; that is the broker's part, not ours.
     assert set(last) <= {r.key for r in records}, "records sent after the restarts are missing"
     assert replaced, "the broker kept the producer's state: this test no longer shows recovery"
+
+
+async def test_a_send_given_up_on_is_never_written_later(tmp_path: Path) -> None:
+    """A send that timed out while the broker was down replaced the producer; the replaced
+    producer must not deliver the record once the broker is back (it used to: its stop()
+    flushed in the background, retrying for ever)."""
+    port = free_port()
+    broker = kafka_broker(port=port, data_dir=tmp_path, log_dir=tmp_path / "logs")
+    await broker.start()
+    await broker.wait_for_port(HOST, port)
+    settings = Settings(KAFKA_BOOTSTRAP_SERVERS=f"{HOST}:{port}")
+    await create_topics(settings, {"t": 1})
+    producer = RecoveringProducer(
+        lambda: idempotent_producer(settings), what="test", send_timeout=2.0
+    )
+    await producer.start()
+    try:
+        assert await producer.partitions_for("t") == {0}  # metadata known before the outage
+        await broker.stop()
+        with pytest.raises(KafkaError):
+            await producer.send_and_wait("t", b"given up", key=b"held", partition=0)
+        await asyncio.sleep(6)  # longer than the old producer's 5 s stop()
+        await broker.start()
+        await broker.wait_for_port(HOST, port)
+        await asyncio.sleep(5)  # a producer still holding the record would deliver it now
+        await producer.send_and_wait("t", b"after", key=b"after", partition=0)
+        records = await read_topic(settings, "t", expect=1, timeout=10)
+    finally:
+        await producer.stop()
+        await broker.stop()
+    assert [r.key for r in records] == [b"after"]

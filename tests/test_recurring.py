@@ -7,9 +7,10 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
+import pytest
 import pytest_asyncio
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowHandle
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from schemas.events import CallbackStatus, OutcomeStatus
@@ -136,3 +137,26 @@ async def test_cancel_during_a_term_lets_that_term_finish(
     # ... and term 1 still completes; no term 2 follows.
     assert [(c.term, c.status) for c in state.charges] == [(1, OutcomeStatus.SUCCEEDED)]
     assert ledger.balance("acct-0042", "EUR") == DEMO_BALANCE_MINOR - 2_999
+
+
+async def test_temporal_cancel_during_a_term_ends_the_contract_and_compensates_the_term(
+    time_skipping: WorkflowEnvironment, ledger: Ledger
+) -> None:
+    """`temporal workflow cancel` on a contract reaches its running term, which compensates
+    and publishes CANCELLED (issue 13); the contract charges no further term."""
+    await register_search_attributes(time_skipping.client, time_skipping.client.namespace)
+    silent = GatewayBehaviour(callbacks=False)
+    async with time_skipping_worker(time_skipping.client, ledger, gateway=silent) as harness:
+        terms = contract(3)
+        handle = await start(harness, terms)
+        term_one = payment(0, payment_id=term_payment_id(terms.subscription_id, 1))
+        await harness.wait_for(term_one, PaymentPhase.AWAITING_CALLBACK)
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await asyncio.wait_for(handle.result(), 60)
+        described = await handle.describe()
+    assert described.status == WorkflowExecutionStatus.CANCELED
+    assert [(o.payment_id, o.status) for o in harness.outcomes] == [
+        (term_one.payment_id, OutcomeStatus.CANCELLED)
+    ]
+    assert ledger.balance("acct-0042", "EUR") == DEMO_BALANCE_MINOR

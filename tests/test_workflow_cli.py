@@ -160,6 +160,7 @@ async def test_dev_stack_without_simulator_waits_for_real_callbacks(tmp_path: Pa
         "TEMPORAL_ADDRESS": f"127.0.0.1:{temporal}",
         "PAYBRIDGE_METRICS_PORT": str(metrics),
         "PAYBRIDGE_SDK_METRICS_PORT": "0",
+        "PAYBRIDGE_WEBHOOK_PORT": str(free_port()),
         "PAYBRIDGE_CALLBACK_TIMEOUT": "4s",
     }
     settings = Settings(

@@ -260,3 +260,24 @@ async def test_redeliveries_do_not_move_the_orphan_deadline(
     assert described.close_time is not None
     lived = described.close_time - described.start_time
     assert ORPHAN <= lived < ORPHAN + timedelta(minutes=1), lived
+
+
+async def test_a_cancellation_through_temporal_while_waiting_is_a_held_cancel(
+    harness: Harness,
+) -> None:
+    """`temporal workflow cancel` on a run that waits for its payment: held like the cancel
+    signal, so the payment, when it comes, ends CANCELLED without moving money (and the run
+    Completes, so that a redelivered payment cannot start it again)."""
+    p = payment(8)
+    handle = await start_early(harness, p, "gateway_callback", callback_signal(p))
+    await handle.cancel()
+    for _ in range(200):
+        if any(s.name == "cancel held" for s in (await state_of(handle)).steps):
+            break
+        await asyncio.sleep(0.05)
+    await join(harness, p)
+    outcome: PaymentOutcome = await handle.result()
+    assert outcome.status == OutcomeStatus.CANCELLED
+    assert harness.ledger.movements(p.payment_id) == []
+    described = await handle.describe()
+    assert described.status is not None and described.status.name == "COMPLETED"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 
-from plumbing.settings import Settings
+from plumbing.settings import Settings, format_duration
 from schemas.codec import Codec
 from schemas.events import CallbackStatus, OutcomeStatus, PaymentCreated
 from schemas.ids import payment_workflow_id
@@ -46,11 +46,11 @@ def cli_env(settings: Settings) -> dict[str, str]:
     for name, field in Settings.model_fields.items():
         value = getattr(settings, name)
         if field.alias and value is not None and not name.startswith("kafka_sasl"):
-            env[field.alias] = (
-                value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
-            )
-    for name in ("callback_timeout", "stale_retry_delay", "orphan_timeout", "sim_latency"):
-        env[Settings.model_fields[name].alias or ""] = f"{getattr(settings, name).total_seconds()}s"
+            if hasattr(value, "get_secret_value"):
+                value = value.get_secret_value()
+            elif hasattr(value, "total_seconds"):  # every duration setting, as 500ms, 30s...
+                value = format_duration(value)
+            env[field.alias] = str(value)
     return env
 
 

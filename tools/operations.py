@@ -7,15 +7,16 @@ it takes the same path as every other producer's); the rest talks to Temporal di
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from temporalio.client import Client, WorkflowHandle
-from temporalio.common import WorkflowIDReusePolicy
+from temporalio.common import SearchAttributeKey, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from plumbing.settings import Settings
-from plumbing.temporal import connect
+from plumbing.temporal import connect, temporal_target
 from schemas.errors import NotFoundError, UnreachableError, WrongStateError
 from schemas.events import PaymentCancelRequested
 from schemas.ids import payment_workflow_id, recurring_workflow_id
@@ -26,6 +27,7 @@ from schemas.workflow_api import (
     RecurringInput,
     RecurringState,
     ResolveSignal,
+    manual_review_query,
 )
 from tools.producing import send_events
 
@@ -36,7 +38,7 @@ async def connect_client(settings: Settings) -> Client:
         return await connect(settings)
     except RuntimeError as exc:
         raise UnreachableError(
-            f"Temporal at {settings.temporal_address} (TEMPORAL_ADDRESS) is not reachable: {exc}"
+            f"Temporal at {temporal_target(settings)} (TEMPORAL_ADDRESS) is not reachable: {exc}"
         ) from exc
 
 
@@ -127,3 +129,36 @@ async def cancel_recurring(client: Client, subscription_id: str, *, reason: str)
         if exc.status == RPCStatusCode.NOT_FOUND:
             raise NotFoundError(f"no running contract {handle.id}") from exc
         raise
+
+
+_MERCHANT_ID = SearchAttributeKey.for_keyword("MerchantId")
+_PAYMENT_PREFIX = "payment-"
+
+
+@dataclass(frozen=True)
+class InReview:
+    """A payment waiting in manual review, as Temporal's visibility store lists it."""
+
+    payment_id: str
+    workflow_id: str
+    started_at: datetime
+    merchant_id: str | None
+
+
+async def review_queue(
+    client: Client, *, task_queue: str | None = None, limit: int | None = None
+) -> list[InReview]:
+    """Payments waiting in MANUAL_REVIEW (the ``PaymentStatus`` search attribute), oldest
+    first. Visibility is eventually consistent: a payment that just entered review may take a
+    second to appear."""
+    found = [
+        InReview(
+            payment_id=execution.id.removeprefix(_PAYMENT_PREFIX),
+            workflow_id=execution.id,
+            started_at=execution.start_time,
+            merchant_id=execution.typed_search_attributes.get(_MERCHANT_ID),
+        )
+        async for execution in client.list_workflows(manual_review_query(task_queue))
+    ]
+    found.sort(key=lambda item: (item.started_at, item.workflow_id))
+    return found[:limit] if limit is not None else found

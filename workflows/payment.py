@@ -8,17 +8,25 @@ it at any step before success. Whatever did not succeed is compensated in revers
 (void the authorisation, credit back the debit); the customer is notified and exactly one
 ``PaymentOutcome`` is published.
 
+A cancellation through Temporal itself (``temporal workflow cancel``, the UI's cancel,
+``handle.cancel()``) is a cancel like the signal: the saga compensates, notifies and publishes
+one CANCELLED outcome, and the workflow completes (Completed, never Canceled, so that a
+redelivered ``PaymentCreated`` cannot start the payment again).
+
 A run may start without its payment: a callback or cancel that came first starts it through
 the bridge's signal-with-start. It then waits for the ``payment_created`` signal up to
-``PAYBRIDGE_ORPHAN_TIMEOUT`` (a durable timer), holding the signals it receives. If the payment
-comes, the saga runs as for any payment and applies them; if not, the run moves no money,
-dead-letters each held signal's record (reason ``orphan``) and ends Failed, so that a later
-``PaymentCreated`` starts a fresh run (id reuse policy ALLOW_DUPLICATE_FAILED_ONLY). Runs
-started with their payment issue the same commands as before this step existed.
+``PAYBRIDGE_ORPHAN_TIMEOUT`` (a durable timer), holding the signals it receives (a
+cancellation through Temporal too). If the payment comes, the saga runs as for any payment and
+applies them; if not, the run moves no money, dead-letters each held signal's record (reason
+``orphan``) and ends Failed, so that a later ``PaymentCreated`` starts a fresh run (id reuse
+policy ALLOW_DUPLICATE_FAILED_ONLY). Runs started with their payment issue the same commands as
+before this step existed.
 
 Versioning: the saga replaced the foundation slice (validate -> publish) behind the patch
 ``SAGA_PATCH``; executions recorded by the slice replay through ``_run_slice`` (see
-tests/histories/ and tests/test_workflow_replay.py).
+tests/histories/ and tests/test_workflow_replay.py). ``VOID_AFTER_AUTHORIZE_PATCH`` and
+``TEMPORAL_CANCEL_PATCH`` added the third version's changes of commands; executions started
+before them keep the second version's behaviour.
 """
 
 from __future__ import annotations
@@ -78,6 +86,10 @@ with workflow.unsafe.imports_passed_through():
     )
 
 SAGA_PATCH = "payment-saga-v2"
+# The void of an authorisation waits for the authorisation request's real end.
+VOID_AFTER_AUTHORIZE_PATCH = "payment-saga-v3-void-after-authorize"
+# A cancellation through Temporal runs the saga's cancel path instead of ending the run.
+TEMPORAL_CANCEL_PATCH = "payment-saga-v3-temporal-cancel"
 
 PAYMENT_STATUS = SearchAttributeKey.for_keyword("PaymentStatus")
 MERCHANT_ID = SearchAttributeKey.for_keyword("MerchantId")
@@ -114,6 +126,9 @@ COMPENSATION_RETRY = RetryPolicy(
     maximum_interval=timedelta(minutes=1),
 )
 NOTIFY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=5)
+# The authorisation request heartbeats while it waits for the gateway: a worker that dies
+# with a request in flight is noticed in seconds, and the request asked again (idempotently).
+AUTHORIZE_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 # An orphan's dead letter must reach the DLQ, like an outcome its topic.
 DEAD_LETTER_RETRY = PUBLISH_RETRY
 # The failure type of a run whose payment never came (it ends Failed, non-retryable).
@@ -151,6 +166,8 @@ class PaymentWorkflow:
         self._resolve: ResolveSignal | None = None
         self._succeeded = False
         self._compensations: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
+        self._ending: OutcomeStatus | None = None  # decided: nothing can change it any more
+        self._temporal_cancel_seen = False
         # Signals received while the payment is not in yet, in order; once the orphan timer
         # fired, those are dead-lettered instead of applied.
         self._held: list[GatewayCallbackSignal | CancelSignal] = []
@@ -165,19 +182,13 @@ class PaymentWorkflow:
     @workflow.run
     async def run(self, input: PaymentWorkflowInput) -> PaymentOutcome:
         if self._received is None:  # never true for a run started with its payment
-            await self._wait_for_payment(input.orphan_timeout or DEFAULT_ORPHAN_TIMEOUT)
+            await self._payment_beyond_cancellation(input.orphan_timeout or DEFAULT_ORPHAN_TIMEOUT)
         if not workflow.patched(SAGA_PATCH):
             return await self._run_slice()
         self._saga = True
-        try:
-            status, reason = await self._process()
-        except _Cancelled:
-            assert self._cancel is not None
-            status, reason = OutcomeStatus.CANCELLED, self._cancel.reason
-        if status != OutcomeStatus.SUCCEEDED:
-            await self._compensate()
-        await self._notify(status, reason)
-        return await self._finish(status, reason)
+        if not workflow.patched(TEMPORAL_CANCEL_PATCH):
+            return await self._saga_to_its_outcome()
+        return await self._saga_beyond_cancellation()
 
     # -- signals and query ---------------------------------------------------------------
 
@@ -252,6 +263,23 @@ class PaymentWorkflow:
         what = "gateway callback" if isinstance(signal, GatewayCallbackSignal) else "cancel"
         self._step(f"{what} held", "waiting for the payment")
 
+    async def _payment_beyond_cancellation(self, timeout: timedelta) -> None:
+        """:meth:`_wait_for_payment` in a task of its own, as the saga runs (see
+        :meth:`_saga_beyond_cancellation`): a cancellation through Temporal while the run waits
+        is held like a cancel signal, applied if the payment comes."""
+        waiting = asyncio.create_task(self._wait_for_payment(timeout))
+        while True:
+            try:
+                await workflow.wait([waiting])
+            except asyncio.CancelledError:
+                if workflow.cancellation_reason() is None or self._temporal_cancel_seen:
+                    raise
+                self._temporal_cancel_seen = True
+                self._cancelled_through_temporal()
+                continue
+            waiting.result()  # raises if the run ends as an orphan
+            return
+
     async def _wait_for_payment(self, timeout: timedelta) -> None:
         """Wait for ``payment_created`` up to ``timeout``; returns once the payment is in. If
         it never comes, dead-letter what was held and end Failed (:meth:`_orphaned`)."""
@@ -313,6 +341,53 @@ class PaymentWorkflow:
 
     # -- the saga --------------------------------------------------------------------------
 
+    async def _saga_to_its_outcome(self) -> PaymentOutcome:
+        """Process, then compensate whatever did not succeed, notify, publish the outcome."""
+        try:
+            status, reason = await self._process()
+        except _Cancelled:
+            assert self._cancel is not None
+            status, reason = OutcomeStatus.CANCELLED, self._cancel.reason
+        self._ending = status
+        if status != OutcomeStatus.SUCCEEDED:
+            await self._compensate()
+        await self._notify(status, reason)
+        return await self._finish(status, reason)
+
+    async def _saga_beyond_cancellation(self) -> PaymentOutcome:
+        """The saga in a task of its own, out of reach of a cancellation through Temporal.
+
+        Temporal cancels only the workflow's main task (this one): it becomes a cancel request
+        like the ``cancel`` signal, which the saga sees at its next step. Whatever is in
+        flight (a debit, an authorisation, a compensation, the outcome's publication) runs to
+        its end instead of being cut short; the saga publishes one outcome and the workflow
+        completes.
+        """
+        saga = asyncio.create_task(self._saga_to_its_outcome())
+        while True:
+            try:
+                await workflow.wait([saga])
+            except asyncio.CancelledError:
+                # Temporal delivers its cancellation once; anything else cancelling this task
+                # (the worker evicting the run from its cache) must go on.
+                if workflow.cancellation_reason() is None or self._temporal_cancel_seen:
+                    raise
+                self._temporal_cancel_seen = True
+                self._cancelled_through_temporal()
+                continue
+            return saga.result()
+
+    def _cancelled_through_temporal(self) -> None:
+        reason = workflow.cancellation_reason() or "cancelled through Temporal"
+        if self._ending is not None:
+            self._step("cancel ignored", f"payment already ending {self._ending.value}: {reason}")
+            return
+        # The same request as the cancel signal: ignored once the payment succeeded, and an
+        # authorisation that came in before it still wins.
+        self.cancel(
+            CancelSignal(event_id=f"temporal-cancel/{workflow.info().run_id}", reason=reason)
+        )
+
     async def _process(self) -> Ending:
         self._check_cancel()
         self._enter(PaymentPhase.PROCESSING, "received")
@@ -351,6 +426,9 @@ class PaymentWorkflow:
 
     async def _authorize_and_check_fraud(self) -> Ending | None:
         payment = self._payment
+        # Since v3 the void waits for the authorisation request's real end: a gateway that
+        # grants after a cancel (or a failed fraud check) has its grant voided too.
+        void_after_authorize = workflow.patched(VOID_AFTER_AUTHORIZE_PATCH)
         fraud = asyncio.create_task(
             workflow.execute_child_workflow(
                 "FraudCheckWorkflow",
@@ -361,14 +439,6 @@ class PaymentWorkflow:
                 execution_timeout=timedelta(minutes=10),
             )
         )
-        # Registered before the request: a cancel while it is in flight must void whatever
-        # the gateway may already have authorised (voiding nothing is a no-op).
-        self._compensate_with(
-            "void authorization",
-            "void_authorization",
-            VoidInput(payment_id=payment.payment_id),
-            remote=True,
-        )
         authorize = asyncio.create_task(
             workflow.execute_activity(
                 "authorize_payment",
@@ -376,7 +446,24 @@ class PaymentWorkflow:
                 result_type=Authorization,
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=GATEWAY_RETRY,
+                # A cancelled request is seen through to the gateway's answer (the activity
+                # heartbeats while it waits), and the workflow waits for that answer.
+                heartbeat_timeout=AUTHORIZE_HEARTBEAT_TIMEOUT if void_after_authorize else None,
+                cancellation_type=(
+                    workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
+                    if void_after_authorize
+                    else workflow.ActivityCancellationType.TRY_CANCEL
+                ),
             )
+        )
+        # Registered as soon as the request exists: a cancel while it is in flight must void
+        # whatever the gateway authorises (voiding nothing is a no-op), after its answer.
+        self._compensate_with(
+            "void authorization",
+            "void_authorization",
+            VoidInput(payment_id=payment.payment_id),
+            remote=True,
+            after=authorize if void_after_authorize else None,
         )
         cancelled = asyncio.create_task(workflow.wait_condition(lambda: self._cancel is not None))
         pending: list[asyncio.Task[Any]] = [fraud, authorize]
@@ -509,8 +596,18 @@ class PaymentWorkflow:
 
     # -- endings -----------------------------------------------------------------------------
 
-    def _compensate_with(self, name: str, activity: str, arg: Any, *, remote: bool) -> None:
+    def _compensate_with(
+        self,
+        name: str,
+        activity: str,
+        arg: Any,
+        *,
+        remote: bool,
+        after: asyncio.Task[Authorization] | None = None,
+    ) -> None:
         async def run() -> None:
+            if after is not None:
+                await self._authorization_answered(after)
             if remote:
                 await workflow.execute_activity(
                     activity,
@@ -527,6 +624,20 @@ class PaymentWorkflow:
                 )
 
         self._compensations.append((name, run))
+
+    async def _authorization_answered(self, authorize: asyncio.Task[Authorization]) -> None:
+        """Wait for the authorisation request's real end, so that the void comes after any
+        grant: a cancelled request is seen through to the gateway's answer."""
+        if authorize.done():
+            return  # its answer came while the saga was still looking
+        self._step("void deferred", "until the gateway answers the authorization request")
+        try:
+            authorization = await authorize
+        except ActivityError as exc:
+            self._step("authorization ended", str(exc.cause or exc))
+            return
+        self._state.gateway_ref = authorization.gateway_ref
+        self._step("authorization answered", f"{authorization.gateway_ref}, to be voided")
 
     async def _compensate(self) -> None:
         # Reverse order of what was done; each compensation is idempotent on its own, so a

@@ -8,6 +8,7 @@ publishes its own outcome. ``cancel`` ends the contract after the current term;
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 from temporalio import workflow
@@ -94,6 +95,12 @@ class RecurringPaymentWorkflow:
             parent_close_policy=ParentClosePolicy.ABANDON,
         )
         self._charges.append(Charge(term=term, payment_id=payment_id, status=outcome.status))
+        if workflow.cancellation_reason() is not None:
+            # The contract was cancelled through Temporal while this term ran. The cancel
+            # reached the term's payment, which now ends its own way (compensated, one
+            # CANCELLED outcome, its run Completed) instead of failing this await: the
+            # contract still ends here, cancelled, and charges no further term.
+            raise asyncio.CancelledError("contract cancelled through Temporal")
 
     @workflow.signal(name="cancel")
     def cancel(self, signal: RecurringCancelSignal) -> None:

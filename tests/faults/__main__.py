@@ -10,6 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tests.faults import cluster as cluster_module
 from tests.faults.harness import FAULTS, run
 
 
@@ -27,14 +28,24 @@ def main() -> int:
         default=len(FAULTS),
         help=f"how many of (in a seeded order, each kind once per round): {', '.join(FAULTS)}",
     )
+    parser.add_argument(
+        "--kinds",
+        default=",".join(FAULTS),
+        help="comma-separated kinds of fault to draw from (default: all)",
+    )
     parser.add_argument("--rate", type=float, default=25.0, help="payments produced per second")
     parser.add_argument("--long", action="store_true", help="5,000 payments, every kind 3 times")
     parser.add_argument(
         "--keep", type=Path, default=None, help="keep data and logs in this new directory"
     )
     args = parser.parse_args()
+    kinds = {kind.strip() for kind in args.kinds.split(",") if kind.strip()}
+    if not kinds or kinds - set(FAULTS):
+        parser.error(f"--kinds: choose from {', '.join(FAULTS)}")
     if args.long:
-        args.payments, args.faults = 5000, 3 * len(FAULTS)
+        args.payments, args.faults = 5000, 3 * len(kinds)
+    if args.keep:
+        cluster_module.TEMPORAL_IN_MEMORY = False  # keep Temporal's database with the logs
     with tempfile.TemporaryDirectory(prefix="paybridge-faults-") as tmp:
         root = args.keep or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
@@ -45,6 +56,7 @@ def main() -> int:
                 payments=args.payments,
                 faults=args.faults,
                 rate=args.rate,
+                kinds=frozenset(kinds),
             )
         )
     print()
@@ -54,8 +66,11 @@ def main() -> int:
         f"re-published copies (same event id) {verdict.republished}, "
         f"input records lost by the broker and sent again {len(verdict.broker_lost_inputs)}"
     )
-    print("| faults injected | payments | lost | duplicated | double debits | worst recovery |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| faults injected | payments | lost | duplicated | same-id copies | double debits "
+        "| worst recovery |"
+    )
+    print("|---|---|---|---|---|---|---|")
     print(verdict.table_row())
     if not verdict.ok:
         print(verdict.problems(), file=sys.stderr)

@@ -16,6 +16,7 @@ from pathlib import Path
 from plumbing.kafka import create_topics
 from plumbing.settings import Settings
 from tests.bridge_process import settings_env
+from tests.servers import memory_dir
 from tests.support import GATEWAY_SECRET
 from tools.devstack import kafka_broker, temporal_server
 from tools.processes import ServerProcess, free_port
@@ -23,6 +24,10 @@ from tools.processes import ServerProcess, free_port
 HOST = "127.0.0.1"
 PAYBRIDGE = str(Path(sys.executable).parent / "paybridge")
 REPO = Path(__file__).resolve().parents[2]
+# Temporal's database in memory (tmpfs; it still survives the server's restarts): on a shared
+# disk its per-task fsync halved the cluster's throughput. ``python -m tests.faults --keep``
+# turns this off to keep the database with the logs.
+TEMPORAL_IN_MEMORY = True
 
 
 @dataclass
@@ -164,17 +169,18 @@ async def cluster(root: Path, **overrides: object):  # type: ignore[no-untyped-d
         PAYBRIDGE_ORPHAN_TIMEOUT="60s",
         **overrides,
     )
-    temporal = temporal_server(port=tport, ui_port=None, data_dir=root, log_dir=root / "logs")
-    kafka = kafka_broker(port=kport, data_dir=root, log_dir=root / "logs")
-    made = Cluster(root, settings, temporal, kafka)
-    try:
-        for server, port in ((kafka, kport), (temporal, tport)):
-            await server.start()
-            await server.wait_for_port(HOST, port)
-        await create_topics(settings)
-        yield made
-    finally:
-        for member in made.members():
-            member.kill()
-        await temporal.stop()
-        await kafka.stop()
+    with memory_dir(root) if TEMPORAL_IN_MEMORY else contextlib.nullcontext(root) as db_dir:
+        temporal = temporal_server(port=tport, ui_port=None, data_dir=db_dir, log_dir=root / "logs")
+        kafka = kafka_broker(port=kport, data_dir=root, log_dir=root / "logs")
+        made = Cluster(root, settings, temporal, kafka)
+        try:
+            for server, port in ((kafka, kport), (temporal, tport)):
+                await server.start()
+                await server.wait_for_port(HOST, port)
+            await create_topics(settings)
+            yield made
+        finally:
+            for member in made.members():
+                member.kill()
+            await temporal.stop()
+            await kafka.stop()

@@ -11,12 +11,12 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import click
 
-from plumbing.settings import Settings, load_settings, parse_duration
+from plumbing.settings import Settings, format_duration, load_settings, parse_duration
 from schemas.errors import ConfigError, PaybridgeError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -50,6 +50,15 @@ BRIDGE_FLAGS = (
 )
 
 
+WORKER_FLAGS = (
+    (
+        "worker_shutdown_grace",
+        "--shutdown-grace",
+        "on SIGTERM, how long activities in flight may finish before they are cancelled",
+    ),
+)
+
+
 def _env_name(field: str) -> str:
     return Settings.model_fields[field].alias or field.upper()
 
@@ -61,6 +70,8 @@ def settings_options(*groups: tuple[tuple[str, str, str], ...]) -> Callable[[F],
         for group in reversed(groups):
             for field, flag, text in reversed(group):
                 default = Settings.model_fields[field].default
+                if isinstance(default, timedelta):
+                    default = format_duration(default)
                 func = click.option(
                     flag,
                     field,
@@ -72,19 +83,70 @@ def settings_options(*groups: tuple[tuple[str, str, str], ...]) -> Callable[[F],
     return decorate
 
 
+# The settings of this invocation (set by ``settings_from``), for the messages of run_async.
+_current: list[Settings] = []
+
+
 def settings_from(options: dict[str, Any]) -> Settings:
     fields = {k: options.pop(k) for k in list(options) if k in Settings.model_fields}
-    return load_settings(**fields)
+    settings = load_settings(**fields)
+    _current[:] = [settings]
+    return settings
 
 
-def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a command's coroutine; paybridge's own errors become a message and exit code 2."""
-    try:
-        return asyncio.run(coro)
-    except ConfigError as exc:
-        raise click.UsageError(f"{exc.setting}: {exc.problem}") from exc
-    except PaybridgeError as exc:
-        raise click.ClickException(str(exc)) from exc
+def _kafka_address() -> str:
+    return _current[0].kafka_bootstrap_servers if _current else "KAFKA_BOOTSTRAP_SERVERS"
+
+
+def _temporal_address() -> str:
+    if not _current:
+        return "TEMPORAL_ADDRESS"
+    from plumbing.temporal import temporal_target
+
+    return temporal_target(_current[0])
+
+
+def run_async(coro: Coroutine[Any, Any, T], *, service: bool = False) -> T:
+    """Run a command's coroutine. Configuration errors exit 2 naming the setting; paybridge's
+    own errors, and Kafka or Temporal out of reach, exit 1 with one line and no traceback.
+
+    One-shot commands (not ``service``) leave the Kafka client's own connection errors out of
+    the log unless -v asks for them: the command's one line says what happened.
+    """
+    from aiokafka.errors import KafkaConnectionError, KafkaError
+    from temporalio.service import RPCError
+
+    failed = False
+    kafka_log = logging.getLogger("aiokafka")
+    if not service and not logging.getLogger().isEnabledFor(logging.INFO):
+        kafka_log.setLevel(logging.CRITICAL)
+
+    def quiet(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        # After a failed connection, clients that never started report themselves unclosed
+        # when collected: noise under the one line that says what happened.
+        if failed and str(context.get("message", "")).startswith("Unclosed AIOKafka"):
+            return
+        loop.default_exception_handler(context)
+
+    with asyncio.Runner() as runner:
+        runner.get_loop().set_exception_handler(quiet)
+        try:
+            return runner.run(coro)
+        except ConfigError as exc:
+            raise click.UsageError(f"{exc.setting}: {exc.problem}") from exc
+        except PaybridgeError as exc:
+            raise click.ClickException(str(exc)) from exc
+        except KafkaConnectionError as exc:
+            failed = True
+            message = f"Kafka at {_kafka_address()} (KAFKA_BOOTSTRAP_SERVERS) is not reachable"
+            raise click.ClickException(f"{message}: {exc}") from None
+        except KafkaError as exc:
+            failed = True
+            message = f"Kafka at {_kafka_address()} (KAFKA_BOOTSTRAP_SERVERS) failed: {exc!r}"
+            raise click.ClickException(message) from None
+        except RPCError as exc:
+            message = f"Temporal at {_temporal_address()} (TEMPORAL_ADDRESS) answered "
+            raise click.ClickException(f"{message}{exc.status.name}: {exc.message}") from None
 
 
 def guard(func: F) -> F:

@@ -99,7 +99,12 @@ def dlq_redrive(
         selection = Selection(parse_refs(offsets), frozenset(reasons), everything)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
-    result = run_async(redrive(settings, selection, force=force, dry_run=dry_run))
+    from tools.cli.progress import progress
+
+    with progress("redrive") as update:
+        result = run_async(
+            redrive(settings, selection, force=force, dry_run=dry_run, on_progress=update)
+        )
     plan = result.plan
     for ref in plan.not_found:
         click.echo(f"{ref}: no dead letter at this DLQ offset")

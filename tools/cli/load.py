@@ -46,7 +46,23 @@ from tools.cli.common import (
     "long.",
 )
 @click.option("--seed", type=int, default=None, help="Seed of the payment mix (reproducible).")
-@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--max-p50", default=None, help="Fail the run (exit 99) if latency p50 is above this."
+)
+@click.option(
+    "--max-p95", default=None, help="Fail the run (exit 99) if latency p95 is above this."
+)
+@click.option(
+    "--max-p99",
+    default=None,
+    help="Fail the run (exit 99) if latency p99 is above this (a duration: 500ms, 5s).",
+)
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the JSON report here, and a Markdown summary beside it (same name, .md).",
+)
 @click.option("--chart", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--quiet", is_flag=True, help="No live progress.")
 @settings_options(KAFKA_FLAGS)
@@ -58,6 +74,9 @@ def loadgen(
     mix_text: str,
     timeout: str,
     seed: int | None,
+    max_p50: str | None,
+    max_p95: str | None,
+    max_p99: str | None,
     report: Path | None,
     chart: Path | None,
     quiet: bool,
@@ -67,7 +86,9 @@ def loadgen(
 
     Reads the outcomes topic from its end offsets taken before producing, matches outcomes by
     payment id, and exits with status 1 if any payment is missing or has two outcomes.
-    Latency is the outcome's arrival at loadgen minus the payment's created_at.
+    Latency is the outcome's arrival at loadgen minus the payment's created_at. With
+    --max-p50/--max-p95/--max-p99 the run also fails (exit 99, as k6 thresholds) when a
+    percentile is above its limit.
     """
     need_tools_extra("loadgen")
     from rich.console import Console
@@ -77,11 +98,21 @@ def loadgen(
     from tools.load.generator import LoadConfig, run_load
     from tools.load.mix import Mix
     from tools.load.stats import Tracker
+    from tools.load.thresholds import (
+        THRESHOLD_EXIT_CODE,
+        Thresholds,
+        evaluate,
+        failures,
+        markdown,
+    )
     from tools.load.view import progress, summary
 
     if (count is None) == (duration is None):
         raise click.UsageError("give exactly one of --count and --duration")
     settings = settings_from(options)
+    thresholds = Thresholds(
+        p50=duration_seconds(max_p50), p95=duration_seconds(max_p95), p99=duration_seconds(max_p99)
+    )
     try:
         config = LoadConfig(
             count=count,
@@ -110,11 +141,19 @@ def loadgen(
     except KeyboardInterrupt:
         interrupted = True  # report what was seen so far
     result = tracker.report(config=config.describe())
+    result["thresholds"] = evaluate(result, thresholds)
+    crossed = failures(result["thresholds"])
     Console().print(summary(result))
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps(result, indent=2) + "\n")
-        click.echo(f"report: {report}")
+        summary_path = (
+            report.with_suffix(".md")
+            if report.suffix != ".md"
+            else report.with_name(f"{report.name}.summary.md")
+        )
+        summary_path.write_text(markdown(result))
+        click.echo(f"report: {report}  summary: {summary_path}")
     if chart is not None:
         write_chart(result, chart)
         click.echo(f"chart:  {chart}")
@@ -128,3 +167,6 @@ def loadgen(
             err=True,
         )
         sys.exit(1)
+    if crossed:
+        click.echo(f"FAILED thresholds: {'; '.join(crossed)}", err=True)
+        sys.exit(THRESHOLD_EXIT_CODE)

@@ -166,8 +166,18 @@ def replay(
     )
     if dry_run:
         return
+    from tools.cli.progress import progress
+
     try:
-        result = run_async(run_replay(settings, plan, rewrite=rewrite))
+        with progress("replay", plan.size) as update:
+            result = run_async(
+                run_replay(
+                    settings,
+                    plan,
+                    rewrite=rewrite,
+                    on_progress=lambda done: update(done.copied + done.skipped_undecodable),
+                )
+            )
     except ReplayError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"copied {result.copied} records into {destination}")

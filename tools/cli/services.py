@@ -10,6 +10,7 @@ import click
 from tools.cli.common import (
     BRIDGE_FLAGS,
     CONNECTION_FLAGS,
+    WORKER_FLAGS,
     guard,
     run_async,
     settings_from,
@@ -29,14 +30,19 @@ from tools.cli.common import (
     is_flag=True,
     help="The simulated gateway accepts authorisation requests but sends no callbacks.",
 )
-@settings_options(CONNECTION_FLAGS, BRIDGE_FLAGS)
+@settings_options(
+    CONNECTION_FLAGS,
+    BRIDGE_FLAGS,
+    (("webhook_port", "--webhook-port", "port of the gateway webhook"),),
+)
 @guard
 def dev(data_dir: Path | None, no_simulator: bool, **options: Any) -> None:
     """Run the embedded stack: Temporal dev server, Kafka-protocol broker, worker and bridge.
 
     Everything binds to 127.0.0.1 on the ports of KAFKA_BOOTSTRAP_SERVERS (9092),
-    TEMPORAL_ADDRESS (7233, UI on 8233) and PAYBRIDGE_METRICS_PORT (9464). Prints `ready`
-    once payments are accepted. Ctrl-C stops everything it started.
+    TEMPORAL_ADDRESS (7233, UI on 8233), PAYBRIDGE_METRICS_PORT (9464) and
+    PAYBRIDGE_WEBHOOK_PORT (9480, the gateway webhook). Prints `ready` once payments are
+    accepted. Ctrl-C stops everything it started.
     """
     from tools.devstack import run_dev
 
@@ -47,7 +53,8 @@ def dev(data_dir: Path | None, no_simulator: bool, **options: Any) -> None:
             data_dir=data_dir,
             say=lambda line: click.echo(line),
             simulator=not no_simulator,
-        )
+        ),
+        service=True,
     )
 
 
@@ -63,7 +70,7 @@ def bridge_command(**options: Any) -> None:
 
     settings = settings_from(options)
     settings.require_gateway_secret()
-    run_async(run_bridge(settings))
+    run_async(run_bridge(settings), service=True)
 
 
 @click.command()
@@ -80,13 +87,18 @@ def bridge_command(**options: Any) -> None:
     is_flag=True,
     help="The simulated gateway accepts authorisation requests but sends no callbacks.",
 )
-@settings_options(CONNECTION_FLAGS, tuple(f for f in BRIDGE_FLAGS if f[0] == "metrics_port"))
+@settings_options(
+    CONNECTION_FLAGS, tuple(f for f in BRIDGE_FLAGS if f[0] == "metrics_port"), WORKER_FLAGS
+)
 @guard
 def worker(ledger_path: Path, seed_demo_accounts: bool, no_simulator: bool, **options: Any) -> None:
     """Run a Temporal worker for the payment workflows and activities.
 
     Its simulated gateway signs callbacks with PAYBRIDGE_GATEWAY_SECRET (required) and produces
-    them to the callbacks topic; PAYBRIDGE_SIM_* set its ratios and latency.
+    them to the callbacks topic, or POSTs them to the webhook with PAYBRIDGE_SIM_CALLBACKS=webhook
+    (at PAYBRIDGE_SIM_WEBHOOK_URL); PAYBRIDGE_SIM_* set its ratios and latency. On SIGTERM it
+    stops polling and lets activities in flight finish for up to --shutdown-grace (default 30s).
+    /readyz answers 200 once it is connected to Temporal and Kafka and polling.
     """
     from workflows.worker import run_worker
 
@@ -95,5 +107,6 @@ def worker(ledger_path: Path, seed_demo_accounts: bool, no_simulator: bool, **op
     run_async(
         run_worker(
             settings, ledger_path=ledger_path, seed=seed_demo_accounts, simulator=not no_simulator
-        )
+        ),
+        service=True,
     )

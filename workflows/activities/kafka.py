@@ -9,17 +9,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 from temporalio import activity
 
+from plumbing import tracing
 from plumbing.dead_letters import DeadLetters
-from plumbing.kafka import RecordSender, outcome_reader, recovering_producer, start_when_reachable
+from plumbing.kafka import (
+    RecordSender,
+    RecoveringProducer,
+    outcome_reader,
+    recovering_producer,
+    start_when_reachable,
+)
 from plumbing.settings import Settings
 from schemas.codec import Codec
 from schemas.errors import OrphanError
@@ -27,20 +37,64 @@ from schemas.events import GatewayCallback, PaymentOutcome
 from workflows.metrics import WorkerMetrics
 from workflows.models import OrphanDeadLetterInput, PublishOutcomeInput
 
+# An attempt of publish_outcome ends (its record written, or given up and discarded) within this
+# share of its start_to_close timeout: the server then starts a retry only once the previous
+# attempt's send is resolved. The rest of the timeout covers discarding the producer (up to
+# ABORT_WAIT_SECONDS) and reporting the failure.
+ATTEMPT_SHARE = 0.7
+DEFAULT_START_TO_CLOSE = timedelta(seconds=30)
+
+
+@dataclass(frozen=True)
+class PublishProgress:
+    """What an attempt leaves for the next one in its heartbeat details (JSON).
+
+    ``partition`` is where every attempt since sends (pinned, whatever the topic's partition
+    count becomes). ``checked_from`` is an offset of that partition below which no earlier
+    attempt's record can be, and no record of this outcome was found: the next attempt reads
+    only from there (None: from the outcome's ``completed_at``, by timestamp).
+    """
+
+    partition: int
+    checked_from: int | None = None
+
+    def details(self) -> dict[str, int | None]:
+        return {"partition": self.partition, "from": self.checked_from}
+
+    @staticmethod
+    def of(details: Sequence[Any]) -> PublishProgress | None:
+        last = details[-1] if details else None
+        if not isinstance(last, dict) or not isinstance(last.get("partition"), int):
+            return None
+        checked = last.get("from")
+        return PublishProgress(last["partition"], checked if isinstance(checked, int) else None)
+
 
 class OutcomeActivities:
     """Publishes each payment's terminal outcome to the outcomes topic, once.
 
-    A retried attempt (the first one timed out, or its worker died after the send) first looks
-    for the record on the topic: it flushes this process's producer, then scans the key's
-    partition from the first attempt's scheduled time for a record with the same ``event_id``.
-    ``reader`` makes the consumer for that search; without it a retry publishes again (the
-    copy carries the same ``event_id``, so consumers can still drop it).
+    Every attempt writes the record with timestamp = the outcome's ``completed_at`` (a value
+    every attempt knows, whatever the clocks of the workers) and ends within ``ATTEMPT_SHARE``
+    of its timeout: by then its record is written, or the producer that held it was discarded
+    (:meth:`RecoveringProducer.send_or_discard`). So when the server retries, the previous
+    attempt's record is either on the topic or never will be (but for a request already on its
+    way to the broker: docs/contract.md). A retry first looks for the record's ``event_id``:
+
+    - in the partition pinned by an earlier attempt (heartbeat details, :class:`PublishProgress`),
+      from the offset that attempt had checked up to, or, for the first retry, from the last
+      offset this process saw written before attempt 1 sent, or by timestamp;
+    - without details (attempt 1's worker died), in every partition the key could have gone
+      to: the key's partition under each count from 1 to the current one (a count only grows),
+      from the first offset at or after ``completed_at``.
+
+    Each retry heartbeats where it looked up to before sending, so the next one reads only what
+    was written since. ``reader`` makes the consumer for that search; without it a retry
+    publishes again (the copy carries the same ``event_id``).
     """
 
     def __init__(
         self,
-        producer: RecordSender,
+        producer: RecoveringProducer,
         *,
         topic: str,
         codec: Codec,
@@ -53,72 +107,138 @@ class OutcomeActivities:
         self.metrics = metrics
         self.reader = reader
         self._partitioner = DefaultPartitioner()
+        # Per partition: the offset after the last record this process saw written there; any
+        # record sent later lands at or above it.
+        self._written_below: dict[int, int] = {}
 
-    async def _partition(self, key: bytes) -> int:
-        partitions = sorted(await self.producer.partitions_for(self.topic))
+    def _partition_of(self, key: bytes, count: int) -> int:
+        partitions = list(range(count))
         return int(self._partitioner(key, partitions, partitions))
 
-    async def _already_published(self, outcome: PaymentOutcome, partition: int) -> bool:
-        info = activity.info()
-        if info.attempt <= 1 or self.reader is None:
-            return False
-        await self.producer.flush()
-        since_ms = int(info.scheduled_time.timestamp() * 1000) - 5000
-        reader = self.reader()
-        await reader.start()
-        try:
-            tp = TopicPartition(self.topic, partition)
-            return await published_since(reader, tp, since_ms=since_ms, event_id=outcome.event_id)
-        finally:
-            await reader.stop()
+    async def _partition(self, key: bytes) -> int:
+        """The key's partition as Kafka's default partitioner picks it, now."""
+        return self._partition_of(key, len(await self.producer.partitions_for(self.topic)))
 
     @activity.defn(name="publish_outcome")
     async def publish_outcome(self, input: PublishOutcomeInput) -> None:
         outcome: PaymentOutcome = input.outcome
+        info = activity.info()
+        loop = asyncio.get_running_loop()
+        budget = (info.start_to_close_timeout or DEFAULT_START_TO_CLOSE).total_seconds()
+        deadline = loop.time() + budget * ATTEMPT_SHARE
         key = outcome.payment_id.encode()
-        # The partition is chosen here (as Kafka's default partitioner would) so that a retry
-        # knows where an earlier attempt's record would be.
-        partition = await self._partition(key)
-        if await self._already_published(outcome, partition):
-            activity.logger.info("outcome of %s already published", outcome.payment_id)
-            return
-        await self.producer.send_and_wait(
-            self.topic,
-            self.codec.encode(outcome),
-            key=key,
-            partition=partition,
-            headers=[("event_id", outcome.event_id.encode())],
-        )
+        stamp = int(outcome.completed_at.timestamp() * 1000)
+        earlier = PublishProgress.of(info.heartbeat_details)
+        first = info.attempt <= 1 and earlier is None
+        if first or self.reader is None:
+            partition = await self._partition(key)
+            sending = PublishProgress(partition, self._written_below.get(partition))
+        else:
+            found, sending = await asyncio.wait_for(
+                self._look(outcome, key, stamp, earlier), max(deadline - loop.time(), 0.001)
+            )
+            if found:
+                activity.logger.info(
+                    "outcome of %s already published",
+                    outcome.payment_id,
+                    extra={"payment_id": outcome.payment_id, "topic": self.topic},
+                )
+                return
+            # Before sending: the next attempt, if any, reads only from here.
+            activity.heartbeat(sending.details())
+        headers = [("event_id", outcome.event_id.encode())]
+        tracing.inject(headers)  # this activity's span: the payment's trace, onto the record
+        try:
+            written = await self.producer.send_or_discard(
+                self.topic,
+                self.codec.encode(outcome),
+                key=key,
+                partition=sending.partition,
+                timestamp_ms=stamp,
+                headers=headers,
+                timeout=max(deadline - loop.time(), 0.001),
+            )
+        except BaseException:
+            if first:  # tell the retry where this attempt sent (one heartbeat, failures only)
+                activity.heartbeat(sending.details())
+            raise
+        self._saw_written(sending.partition, written)
         if self.metrics is not None:
             self.metrics.outcome_published(
                 outcome.status.value,
                 seconds=max(0.0, time.time() - outcome.created_at.timestamp()),
             )
-        activity.logger.debug("published %s for %s", outcome.status, outcome.payment_id)
+        activity.logger.debug(
+            "published %s for %s",
+            outcome.status,
+            outcome.payment_id,
+            extra={
+                "payment_id": outcome.payment_id,
+                "topic": self.topic,
+                "partition": sending.partition,
+            },
+        )
+
+    def _saw_written(self, partition: int, written: Any) -> None:
+        offset = getattr(written, "offset", None)
+        if isinstance(offset, int) and offset >= 0:
+            below = max(self._written_below.get(partition, 0), offset + 1)
+            self._written_below[partition] = below
+
+    async def _look(
+        self, outcome: PaymentOutcome, key: bytes, stamp: int, progress: PublishProgress | None
+    ) -> tuple[bool, PublishProgress]:
+        """Whether an earlier attempt's record is on the topic; if not, where this attempt
+        sends and the offset up to which it looked."""
+        assert self.reader is not None
+        reader = self.reader()
+        await reader.start()
+        try:
+            known = len(reader.partitions_for_topic(self.topic) or ())
+            count = max(known, len(await self.producer.partitions_for(self.topic)))
+            pinned = progress.partition if progress else self._partition_of(key, count)
+            if progress is not None:
+                starts: dict[int, int | None] = {progress.partition: progress.checked_from}
+            else:  # attempt 1 left no word: wherever the key went under any count so far
+                starts = dict.fromkeys(
+                    {self._partition_of(key, n) for n in range(1, count + 1)}, None
+                )
+            tps = [TopicPartition(self.topic, p) for p in sorted(starts)]
+            reader.assign(tps)
+            ends = await reader.end_offsets(tps)
+            # Offsets past the end belong to an earlier incarnation of the topic: by time then.
+            by_time = [
+                tp for tp in tps if starts[tp.partition] is None or starts[tp.partition] > ends[tp]
+            ]
+            if by_time:
+                found = await reader.offsets_for_times(dict.fromkeys(by_time, stamp))
+                for tp in by_time:
+                    at = found.get(tp)
+                    starts[tp.partition] = ends[tp] if at is None else at.offset
+            for tp in tps:
+                start = starts[tp.partition]
+                assert start is not None
+                if await holds_event(reader, tp, start, ends[tp], event_id=outcome.event_id):
+                    return True, PublishProgress(pinned)
+            return False, PublishProgress(pinned, ends[TopicPartition(self.topic, pinned)])
+        finally:
+            await reader.stop()
 
 
-async def published_since(
-    reader: AIOKafkaConsumer,
-    tp: TopicPartition,
-    *,
-    since_ms: int,
-    event_id: str,
+async def holds_event(
+    reader: AIOKafkaConsumer, tp: TopicPartition, start: int, end: int, *, event_id: str
 ) -> bool:
-    """Whether a record with header ``event_id`` reached ``tp`` at or after ``since_ms``.
-
-    ``reader`` is a started consumer without a group; it is assigned ``tp`` for the search.
-    """
-    reader.assign([tp])
-    found = await reader.offsets_for_times({tp: since_ms})
-    start = found.get(tp)
-    if start is None:  # nothing written since then
+    """Whether a record with header ``event_id`` is in ``tp`` between offsets ``start`` and
+    ``end`` (excluded). ``reader`` is a started consumer without a group, assigned ``tp``."""
+    if start >= end:
         return False
-    end = (await reader.end_offsets([tp]))[tp]
-    reader.seek(tp, start.offset)
+    reader.seek(tp, start)
     wanted = event_id.encode()
     while await reader.position(tp) < end:
         batch = await reader.getmany(tp, timeout_ms=1000)
         for record in batch.get(tp, ()):
+            if record.offset >= end:
+                return False
             if dict(record.headers or ()).get("event_id") == wanted:
                 return True
     return False
@@ -178,10 +298,14 @@ class KafkaIO:
     """The worker process's Kafka side: one producer shared by outcomes, callbacks and
     orphans' dead letters."""
 
-    producer: RecordSender
+    producer: RecoveringProducer
     outcomes: OutcomeActivities
     callbacks: KafkaCallbackEmitter
     orphans: OrphanActivities
+
+    async def reachable(self) -> bool:
+        """Whether Kafka answers now (the worker's readiness check)."""
+        return await self.producer.reachable()
 
 
 @contextlib.asynccontextmanager

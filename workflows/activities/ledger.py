@@ -1,4 +1,10 @@
-"""The ledger's activities: account checks and money movements, idempotent per payment."""
+"""The ledger's activities: account checks and money movements, idempotent per payment.
+
+Movements are keyed to the workflow run (``activity.info().workflow_run_id``): a retried
+activity of the same run is idempotent, while a second run of the same payment id (a payment
+started again after Temporal's retention forgot the first) is rejected as a duplicate and can
+never credit back the first run's debit.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,9 @@ from workflows.models import (
     ValidationVerdict,
 )
 from workflows.simulations.ledger import Ledger
+
+# The outcome's reason when a payment id was already debited by another workflow run.
+DUPLICATE_PAYMENT = "duplicate payment id"
 
 
 class LedgerActivities:
@@ -38,15 +47,22 @@ class LedgerActivities:
     @activity.defn(name="debit_account")
     def debit_account(self, input: DebitInput) -> DebitResult:
         verdict = self.ledger.debit(
-            input.payment_id, input.account_id, input.currency, input.amount_minor
+            input.payment_id,
+            input.account_id,
+            input.currency,
+            input.amount_minor,
+            run_id=activity.info().workflow_run_id,
         )
         if verdict in ("debited", "already_debited"):
             return DebitResult(ok=True)
+        if verdict == "duplicate_payment":
+            activity.logger.warning("%s was debited by another run: rejected", input.payment_id)
+            return DebitResult(ok=False, reason=DUPLICATE_PAYMENT)
         if verdict == "insufficient_funds":
             return DebitResult(ok=False, reason="insufficient funds")
         return DebitResult(ok=False, reason=f"no {input.currency} balance on {input.account_id}")
 
     @activity.defn(name="credit_back")
     def credit_back(self, input: CreditBackInput) -> None:
-        verdict = self.ledger.credit_back(input.payment_id)
+        verdict = self.ledger.credit_back(input.payment_id, run_id=activity.info().workflow_run_id)
         activity.logger.info("credit back of %s: %s", input.payment_id, verdict)

@@ -8,16 +8,25 @@ decline, error, never answer); a :class:`CallbackEmitter` delivers the verdict l
 
 A payment's ``metadata["gateway"]`` (``approve``, ``decline``, ``error``, ``never``,
 ``reject``, ``flaky``) forces its verdict, for demos and tests.
+
+Memory is bounded: a request is remembered (for idempotent authorisations, voids and status
+queries) for ``retention`` after it was made, and at most ``max_requests`` of them are kept
+(the oldest are forgotten first); ``sent`` keeps the last ``SENT_KEPT`` callbacks. A voided
+request is kept like the others, so that a late authorisation attempt for a payment already
+compensated gets the voided reference back instead of a fresh authorisation.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, Protocol
@@ -26,6 +35,16 @@ from schemas.errors import GatewayDeclined, GatewayUnavailable
 from schemas.events import CallbackStatus, GatewayCallback, PaymentCreated
 
 log = logging.getLogger(__name__)
+
+# A payment's requests must outlive its authorisation retries (minutes) and, for the status
+# query of a stale payment, its callback timeout plus stale-retry delay (35 min by default):
+# ``simulated_gateway`` adds those settings to this.
+RETENTION_SECONDS = 3600.0
+# About 260 bytes each (tracemalloc, 20,000 requests): 100,000 requests are about 26 MB.
+MAX_REQUESTS = 100_000
+SENT_KEPT = 1000
+# A callback that Kafka does not take is sent again, this many times, backing off from 0.5 s.
+EMIT_ATTEMPTS = 5
 
 Verdict = Literal["approve", "decline", "error", "never"]
 _CALLBACK_NAMESPACE = uuid.UUID("0d7a4f57-5f62-4f43-8a53-6a0f0e9c7b21")
@@ -91,6 +110,7 @@ def signed_callback(
 class _Request:
     gateway_ref: str
     verdict: Verdict
+    at: float  # when it was made (the gateway's clock)
     voided: bool = False
 
 
@@ -104,15 +124,46 @@ class SimulatedGateway:
         emitter: CallbackEmitter | None = None,
         secret: str = "",
         seed: int | None = None,
+        retention: float = RETENTION_SECONDS,
+        max_requests: int = MAX_REQUESTS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if retention <= 0 or max_requests < 1:
+            raise ValueError("the gateway keeps requests for a positive time, at least one")
         self.behaviour = behaviour or GatewayBehaviour()
         self.emitter = emitter
         self.secret = secret
+        self.retention = retention
+        self.max_requests = max_requests
+        self._clock = clock
         self._random = random.Random(seed)
         self._lock = threading.Lock()
-        self._requests: dict[str, _Request] = {}
+        # By age: the oldest first, so that forgetting takes from the front.
+        self._requests: collections.OrderedDict[str, _Request] = collections.OrderedDict()
         self._pending: set[asyncio.Task[None]] = set()
-        self.sent: list[GatewayCallback] = []
+        self.sent: collections.deque[GatewayCallback] = collections.deque(maxlen=SENT_KEPT)
+
+    def remembered(self) -> int:
+        """How many requests it remembers now. (Not ``__len__``: an empty gateway must stay
+        truthy, callers write ``gateway or SimulatedGateway()``.)"""
+        with self._lock:
+            self._forget_old()
+            return len(self._requests)
+
+    def _known(self, payment_id: str) -> _Request | None:
+        with self._lock:
+            self._forget_old()
+            return self._requests.get(payment_id)
+
+    def _forget_old(self) -> None:
+        """Drop requests older than ``retention``, then the oldest beyond ``max_requests``
+        (called with the lock held)."""
+        horizon = self._clock() - self.retention
+        while self._requests:
+            oldest = next(iter(self._requests.values()))
+            if oldest.at > horizon and len(self._requests) <= self.max_requests:
+                return
+            self._requests.popitem(last=False)
 
     def _draw(self, payment: PaymentCreated) -> Verdict | Literal["reject", "flaky"]:
         forced = payment.metadata.get("gateway")
@@ -129,8 +180,7 @@ class SimulatedGateway:
 
         Raises :class:`GatewayDeclined` (final) or :class:`GatewayUnavailable` (retry).
         """
-        with self._lock:
-            known = self._requests.get(payment.payment_id)
+        known = self._known(payment.payment_id)
         if known is not None:
             return known.gateway_ref
         drawn = self._draw(payment)
@@ -140,9 +190,10 @@ class SimulatedGateway:
             if attempt < 3:
                 raise GatewayUnavailable("gateway timed out (simulated)")
             drawn = "approve"
-        request = _Request(gateway_ref=f"gw-{payment.payment_id}", verdict=drawn)
+        request = _Request(gateway_ref=f"gw-{payment.payment_id}", verdict=drawn, at=self._clock())
         with self._lock:
             request = self._requests.setdefault(payment.payment_id, request)
+            self._forget_old()
         if not self.behaviour.callbacks or self.emitter is None or request.verdict == "never":
             return request.gateway_ref
         if self.behaviour.latency <= 0:
@@ -168,16 +219,32 @@ class SimulatedGateway:
             ),
             secret=self.secret,
         )
-        try:
-            await self.emitter.emit(callback)
-        except Exception:
-            log.exception("could not deliver the gateway callback of %s", payment_id)
-            return
+        delay = 0.5
+        for attempt in range(1, EMIT_ATTEMPTS + 1):
+            try:
+                await self.emitter.emit(callback)
+                break
+            except Exception:
+                if attempt == EMIT_ATTEMPTS:
+                    log.exception(
+                        "could not deliver the gateway callback of %s",
+                        payment_id,
+                        extra={"payment_id": payment_id},
+                    )
+                    return
+                log.warning(
+                    "gateway callback of %s not delivered; retrying",
+                    payment_id,
+                    extra={"payment_id": payment_id},
+                )
+                await asyncio.sleep(delay)
+                delay *= 2
         self.sent.append(callback)
 
     def void(self, payment_id: str) -> bool:
         """Void the authorisation of ``payment_id``; False if there was none (idempotent)."""
         with self._lock:
+            self._forget_old()
             request = self._requests.get(payment_id)
             if request is None or request.voided:
                 return False
@@ -186,8 +253,7 @@ class SimulatedGateway:
 
     def status(self, payment_id: str) -> CallbackStatus | None:
         """The gateway's final word on a payment, or None while it does not know."""
-        with self._lock:
-            request = self._requests.get(payment_id)
+        request = self._known(payment_id)
         if request is None or request.verdict in ("error", "never"):
             return None
         return _STATUS[request.verdict]

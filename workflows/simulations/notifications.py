@@ -4,10 +4,14 @@ Sending is idempotent per (payment, status): a retried notification activity rec
 "sends" one message, as a real provider's idempotency key would ensure. With a ``path``, each
 message is also appended to that file as one JSON object per line (``paybridge dev`` keeps
 ``notifications.jsonl`` in its data directory), so that what customers were told can be read.
+
+Memory is bounded: the idempotency keys of the last ``KEYS_KEPT`` messages (a retry comes
+within minutes) and the last ``SENT_KEPT`` messages are kept; the file keeps them all.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import threading
@@ -15,6 +19,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+KEYS_KEPT = 100_000
+SENT_KEPT = 10_000
 
 
 @dataclass(frozen=True)
@@ -27,13 +34,20 @@ class Notification:
 
 
 class NotificationSink:
-    """Keeps every message sent, in order; ``sent`` is what a customer would have received."""
+    """Keeps the last messages sent, in order; ``sent`` is what customers would have received."""
 
-    def __init__(self, path: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        keys_kept: int = KEYS_KEPT,
+        sent_kept: int = SENT_KEPT,
+    ) -> None:
         self.path = Path(path) if path is not None else None
         self._lock = threading.Lock()
-        self._keys: set[tuple[str, str]] = set()
-        self.sent: list[Notification] = []
+        self._keys: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
+        self._keys_kept = keys_kept
+        self.sent: collections.deque[Notification] = collections.deque(maxlen=sent_kept)
 
     def send(self, notification: Notification) -> bool:
         """Record ``notification``; False if this payment's status was already notified."""
@@ -41,7 +55,9 @@ class NotificationSink:
         with self._lock:
             if key in self._keys:
                 return False
-            self._keys.add(key)
+            self._keys[key] = None
+            while len(self._keys) > self._keys_kept:
+                self._keys.popitem(last=False)
             self.sent.append(notification)
             if self.path is not None:
                 with self.path.open("a", encoding="utf-8") as out:
