@@ -86,6 +86,7 @@ async def test_sigterm_drains_within_the_grace_period(stack: Stack, tmp_path: Pa
             bridge.stop()
     log = (tmp_path / "bridge.log").read_text()
     assert code == 0, log[-3000:]
+    print(f"SIGTERM to exit with 10 calls hanging: {took:.1f}s")
     assert SHUTDOWN_GRACE <= took < 30, f"took {took:.1f}s"
     assert "abandoned 10 in-flight records" in log
     # What was committed is done: every payment below a committed offset has its workflow.
