@@ -47,7 +47,7 @@ from plumbing.settings import Settings
 from schemas.codec import Codec
 from schemas.events import PaymentCreated
 from schemas.ids import payment_workflow_id
-from schemas.workflow_api import PaymentWorkflowInput
+from schemas.workflow_api import SIGNAL_PAYMENT_CREATED, PaymentCreatedSignal, PaymentWorkflowInput
 from tools.devstack import kafka_broker, temporal_server, wait_for_temporal
 from tools.processes import free_port
 from tools.producing import encode_record
@@ -117,7 +117,12 @@ async def run_sdk(base: Settings, client, count: int, concurrency: int) -> float
 
     async def one(p: PaymentCreated) -> None:
         async with gate:
-            await calls.start_payment(p, workflow_input=PaymentWorkflowInput(payment=p))
+            await calls.signal_with_start(  # the bridge's own call for a PaymentCreated
+                payment_workflow_id(p.payment_id),
+                workflow_input=PaymentWorkflowInput(payment=p),
+                signal=SIGNAL_PAYMENT_CREATED,
+                arg=PaymentCreatedSignal(payment=p),
+            )
 
     started = time.perf_counter()
     await asyncio.gather(*(one(p) for p in payments))

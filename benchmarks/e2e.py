@@ -8,7 +8,7 @@ broker, worker, bridge, simulated gateway answering every authorisation after ~1
 ports, then measures, in this order and on the same stack:
 
 1. **Temporal-only ceiling**: N payments started flat out by the SDK with the bridge's own
-   start call (``build_routes(...)[payments].apply``: same workflow, same input, same id policy)
+   start call (``TemporalCalls.signal_with_start``: same workflow, same input, same id policy)
    and at most ``PAYBRIDGE_MAX_INFLIGHT`` starts in flight, as the bridge allows. N is sized
    from a short probe so that the burst lasts about ``--ceiling-seconds``. Throughput = payments
    / (first start -> last outcome read).
@@ -59,9 +59,10 @@ from temporalio.client import Client
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 
 from bridge.metrics import BridgeMetrics
-from bridge.routing import build_routes
 from bridge.temporal_calls import TemporalCalls
 from plumbing.settings import Settings
+from schemas.ids import payment_workflow_id
+from schemas.workflow_api import SIGNAL_PAYMENT_CREATED, PaymentCreatedSignal, payment_input
 from tools.devstack import open_dev_stack
 from tools.load.generator import LoadConfig, Sender, run_load
 from tools.load.mix import Mix, Planned
@@ -80,12 +81,12 @@ class TemporalSender:
     """Starts each payment's workflow with the bridge's own start call, ``limit`` at a time."""
 
     def __init__(self, settings: Settings, client: Client, *, limit: int) -> None:
-        calls = TemporalCalls(
+        self.settings = settings
+        self.calls = TemporalCalls(
             client,
             task_queue=settings.temporal_task_queue,
             metrics=BridgeMetrics(CollectorRegistry()),
         )
-        self.route = build_routes(settings, calls, gateway_secret="unused")[settings.topic_payments]
         self.slots = asyncio.Semaphore(limit)
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -97,7 +98,13 @@ class TemporalSender:
 
     async def _start(self, planned: Planned) -> None:
         try:
-            await self.route.apply(planned.payment)
+            p = planned.payment
+            await self.calls.signal_with_start(
+                payment_workflow_id(p.payment_id),
+                workflow_input=payment_input(self.settings, p),
+                signal=SIGNAL_PAYMENT_CREATED,
+                arg=PaymentCreatedSignal(payment=p),
+            )
         finally:
             self.slots.release()
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from plumbing.metrics import dlq_records
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -25,22 +27,20 @@ class BridgeMetrics:
         )
         self.workflow_starts = Counter(
             "paybridge_workflow_starts_total",
-            "Workflow start requests: started, deduplicated (already existed) or error.",
+            "PaymentCreated records applied: started (a new run), deduplicated (the run existed: "
+            "a redelivery, or a run an early callback started) or error.",
             ["result"],
             registry=registry,
         )
         self.signals = Counter(
             "paybridge_signals_total",
-            "Signals sent to payment workflows.",
+            "Callbacks and cancels sent to payment workflows: signalled (the run existed), "
+            "started (no run yet: it started one that waits for its payment), closed (the "
+            "payment had ended) or error.",
             ["signal", "result"],
             registry=registry,
         )
-        self.dlq_records = Counter(
-            "paybridge_dlq_records_total",
-            "Records sent to the dead-letter topic, by source topic and reason.",
-            ["topic", "reason"],
-            registry=registry,
-        )
+        self.dlq_records = dlq_records(registry)
         self.consumer_lag = Gauge(
             "paybridge_consumer_lag",
             "Records between the partition's end and the bridge's committed offset.",
@@ -72,13 +72,12 @@ class BridgeMetrics:
         self.paused = Gauge(
             "paybridge_bridge_paused",
             "1 while the bridge has paused fetching: reason=saturated (every in-flight slot "
-            "busy for 5 s, all partitions paused) or waiting (the budget of records waiting for "
-            "their payment is full: the callback and cancel partitions paused).",
+            "busy for 5 s, all partitions paused; the only reason since no record waits in the "
+            "bridge for another).",
             ["reason"],
             registry=registry,
         )
-        for reason in ("saturated", "waiting"):
-            self.paused.labels(reason=reason).set(0)
+        self.paused.labels(reason="saturated").set(0)
         self.producers_replaced = Counter(
             "paybridge_dlq_producer_replaced_total",
             "DLQ producers replaced because the broker no longer knew their idempotence state "

@@ -1,37 +1,65 @@
 """The routing table: which topic carries which event, and what the bridge does with it.
 
 A new event type is one entry here, not a new consumer. Each entry decodes the record, may
-verify it (a gateway callback's signature), and applies it to Temporal: start a workflow or
-signal one. A signal whose workflow does not exist yet is retried until the payment starts,
-and dead-lettered as ``orphan`` if it never does within ``PAYBRIDGE_ORPHAN_TIMEOUT``.
+verify it (a gateway callback's signature), and applies it to Temporal with one call,
+signal-with-start on ``payment-{payment_id}``:
+
+- ``PaymentCreated`` starts the payment's workflow with the payment as input and the signal
+  ``payment_created``; if a run exists (one an early callback or cancel started, waiting for
+  its payment) the signal hands it the payment.
+- A callback or cancel signals the payment's run; if there is none yet, it starts one that
+  waits for its payment (input without payment) and holds the signal, with the record it came
+  from. The wait is the workflow's, a durable timer of ``PAYBRIDGE_ORPHAN_TIMEOUT``: the
+  bridge holds no record waiting for another, and commits each record at once.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from prometheus_client import CollectorRegistry
+
+from bridge.metrics import BridgeMetrics
 from bridge.temporal_calls import TemporalCalls
 from plumbing.settings import Settings
-from plumbing.temporal import Backoff
-from schemas.errors import OrphanError, SignatureError
+from schemas.errors import SignatureError
 from schemas.events import Event, GatewayCallback, PaymentCancelRequested, PaymentCreated
 from schemas.ids import payment_workflow_id
-from schemas.workflow_api import CancelSignal, GatewayCallbackSignal, payment_input
-
-Handler = Callable[[Any], Awaitable[str]]
-
-
-# Set by the bridge for the record being applied; called once when that record starts waiting
-# for its payment to exist, so that the waiting record stops holding an in-flight slot: the
-# PaymentCreated it waits for may be behind it and needs that slot.
-waiting_for_payment: ContextVar[Callable[[], None] | None] = ContextVar(
-    "waiting_for_payment", default=None
+from schemas.workflow_api import (
+    MAX_SOURCE_BYTES,
+    SIGNAL_CANCEL,
+    SIGNAL_GATEWAY_CALLBACK,
+    SIGNAL_PAYMENT_CREATED,
+    CancelSignal,
+    GatewayCallbackSignal,
+    PaymentCreatedSignal,
+    SourceRecord,
+    payment_input,
 )
+
+
+class Record(Protocol):
+    """What routing reads of a consumed record (an aiokafka ``ConsumerRecord``)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes | None]]: ...
+
+
+Handler = Callable[[Any, Record], Awaitable[str]]
 
 
 @dataclass(frozen=True)
@@ -42,74 +70,32 @@ class Route:
     event_type: type[Event]
     apply: Handler
     check: Callable[[Any], None] | None = None
-    # Its records may wait for a payment that has not started yet (see ``Orphans``).
-    may_wait: bool = False
 
 
-class Orphans:
-    """Signals a payment workflow, waiting for the payment to start if it does not exist yet.
-
-    A waiting signal is retried with capped back-off, and woken at once when this bridge
-    starts its payment (``started``): keys are co-partitioned across the input topics, so the
-    payment usually comes through the same bridge. Without the wake-up a cancel could sit out
-    a long back-off while its payment ran on to a timeout.
-    """
-
-    def __init__(
-        self,
-        calls: TemporalCalls,
-        *,
-        timeout: float,
-        retry_initial: float = 0.2,
-        retry_cap: float = 15.0,
-    ) -> None:
-        self.calls = calls
-        self.timeout = timeout
-        self.retry_initial = retry_initial
-        self.retry_cap = retry_cap
-        self._wakeups: dict[str, set[asyncio.Event]] = {}
-
-    def started(self, payment_id: str) -> None:
-        """The payment's workflow exists now: wake every signal waiting for it."""
-        for event in self._wakeups.get(payment_id, ()):
-            event.set()
-
-    async def signal(self, payment_id: str, signal: str, arg: Any) -> str:
-        workflow_id = payment_workflow_id(payment_id)
-        deadline = time.monotonic() + self.timeout
-        backoff = Backoff(initial=self.retry_initial, cap=self.retry_cap)
-        event = asyncio.Event()
-        self._wakeups.setdefault(payment_id, set()).add(event)
-        try:
-            waiting = False
-            while True:
-                # Cleared before asking, so a start landing between the answer and the wait
-                # still wakes this signal.
-                event.clear()
-                result = await self.calls.signal(workflow_id, signal, arg)
-                if result != "not_found":
-                    return result
-                if not waiting:
-                    waiting = True
-                    hook = waiting_for_payment.get()
-                    if hook is not None:
-                        hook()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise OrphanError(
-                        f"no workflow {workflow_id} appeared within {self.timeout:.0f}s "
-                        f"(PAYBRIDGE_ORPHAN_TIMEOUT) to receive {signal}"
-                    )
-                try:
-                    delay = min(backoff.next_delay(), remaining)
-                    await asyncio.wait_for(event.wait(), delay)
-                except TimeoutError:
-                    pass
-        finally:
-            events = self._wakeups[payment_id]
-            events.discard(event)
-            if not events:
-                del self._wakeups[payment_id]
+def source_record(record: Record) -> SourceRecord:
+    """Where ``record`` was, and its bytes: what the workflow needs to dead-letter it. Past
+    ``MAX_SOURCE_BYTES`` the value, then the headers, stay behind (see ``SourceRecord``)."""
+    headers = list(record.headers or ())
+    value = record.value
+    value_omitted = headers_omitted = None
+    header_bytes = sum(len(k) + len(v or b"") for k, v in headers)
+    size = len(record.key or b"") + len(value or b"") + header_bytes
+    if size > MAX_SOURCE_BYTES and value:
+        value_omitted, value = len(value), None
+        size -= value_omitted
+    if size > MAX_SOURCE_BYTES and headers:
+        headers_omitted, headers = len(headers), []
+    return SourceRecord(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        timestamp_ms=record.timestamp,
+        key=record.key,
+        value=value,
+        headers=headers,
+        value_omitted_bytes=value_omitted,
+        headers_omitted=headers_omitted,
+    )
 
 
 def verify_signature(secret: str) -> Callable[[GatewayCallback], None]:
@@ -126,27 +112,59 @@ def verify_signature(secret: str) -> Callable[[GatewayCallback], None]:
 
 
 def build_routes(
-    settings: Settings, calls: TemporalCalls, *, gateway_secret: str
+    settings: Settings,
+    calls: TemporalCalls,
+    *,
+    gateway_secret: str,
+    metrics: BridgeMetrics | None = None,
 ) -> dict[str, Route]:
-    """The contract's three input topics, keyed by topic name."""
-    orphans = Orphans(calls, timeout=settings.orphan_timeout.total_seconds())
+    """The contract's three input topics, keyed by topic name (``metrics`` None: counted in a
+    registry of their own, for callers that only read the table)."""
+    metrics = metrics or BridgeMetrics(CollectorRegistry())
+    waiting_input = payment_input(settings, None)
 
-    async def start_payment(event: PaymentCreated) -> str:
-        result = await calls.start_payment(event, workflow_input=payment_input(settings, event))
-        orphans.started(event.payment_id)
+    async def start_payment(event: PaymentCreated, record: Record) -> str:
+        try:
+            applied = await calls.signal_with_start(
+                payment_workflow_id(event.payment_id),
+                workflow_input=payment_input(settings, event),
+                signal=SIGNAL_PAYMENT_CREATED,
+                arg=PaymentCreatedSignal(payment=event),
+            )
+        except Exception:
+            metrics.workflow_starts.labels(result="error").inc()
+            raise
+        # "deduplicated": the workflow existed, running or completed (a redelivery or replay,
+        # or a run an early callback or cancel started, which the payment now joins).
+        result = "started" if applied == "started" else "deduplicated"
+        metrics.workflow_starts.labels(result=result).inc()
         return result
 
-    async def callback(event: GatewayCallback) -> str:
-        return await orphans.signal(
-            event.payment_id, "gateway_callback", GatewayCallbackSignal(callback=event)
-        )
+    async def signal(event: Event, record: Record, name: str, arg: Any) -> str:
+        try:
+            applied = await calls.signal_with_start(
+                payment_workflow_id(event.payment_id),
+                workflow_input=waiting_input,
+                signal=name,
+                arg=arg,
+            )
+        except Exception:
+            metrics.signals.labels(signal=name, result="error").inc()
+            raise
+        # "started": no run yet, so this signal started one that waits for its payment.
+        result = {"started": "started", "existing": "signalled", "closed": "closed"}[applied]
+        metrics.signals.labels(signal=name, result=result).inc()
+        return result
 
-    async def cancel(event: PaymentCancelRequested) -> str:
-        return await orphans.signal(
-            event.payment_id,
-            "cancel",
-            CancelSignal(event_id=event.event_id, reason=event.reason),
+    async def callback(event: GatewayCallback, record: Record) -> str:
+        arg = GatewayCallbackSignal(callback=event, source=source_record(record))
+        return await signal(event, record, SIGNAL_GATEWAY_CALLBACK, arg)
+
+    async def cancel(event: PaymentCancelRequested, record: Record) -> str:
+        arg = CancelSignal(
+            event_id=event.event_id, reason=event.reason, source=source_record(record)
         )
+        return await signal(event, record, SIGNAL_CANCEL, arg)
 
     routes = [
         Route(settings.topic_payments, PaymentCreated, start_payment),
@@ -155,8 +173,7 @@ def build_routes(
             GatewayCallback,
             callback,
             check=verify_signature(gateway_secret),
-            may_wait=True,
         ),
-        Route(settings.topic_cancels, PaymentCancelRequested, cancel, may_wait=True),
+        Route(settings.topic_cancels, PaymentCancelRequested, cancel),
     ]
     return {route.topic: route for route in routes}

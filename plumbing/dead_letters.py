@@ -11,11 +11,12 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, cast
 
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from plumbing.kafka import RecordSender
+from plumbing.lenient_records import printable_key
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +38,30 @@ class Source(Protocol):
     @property
     def value(self) -> bytes | None: ...
     @property
-    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+    def headers(self) -> Sequence[tuple[str, bytes | None]]: ...
 
 
-def dlq_headers(record: Source, *, reason: str, error: BaseException) -> list[tuple[str, bytes]]:
-    """The record's own headers followed by the contract's ``dlq.*`` headers."""
+def dlq_headers(
+    record: Source, *, reason: str, error: BaseException
+) -> list[tuple[str, bytes | None]]:
+    """The record's own headers followed by the contract's ``dlq.*`` headers.
+
+    A header key that is not UTF-8 (``plumbing.lenient_records``) is written with ``\\xNN``
+    escapes: no producer can write it as it was read.
+    """
+    return [*_own_headers(record), *_contract_headers(record, reason=reason, error=error)]
+
+
+def _own_headers(record: Source) -> list[tuple[str, bytes | None]]:
+    return [(printable_key(k), v) for k, v in (record.headers or ()) if not k.startswith("dlq.")]
+
+
+def _contract_headers(
+    record: Source, *, reason: str, error: BaseException
+) -> list[tuple[str, bytes | None]]:
     failed_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     message = str(error)[:MAX_MESSAGE_CHARS]
-    own = [(k, v) for k, v in (record.headers or ()) if not k.startswith("dlq.")]
     return [
-        *own,
         ("dlq.source.topic", record.topic.encode()),
         ("dlq.source.partition", str(record.partition).encode()),
         ("dlq.source.offset", str(record.offset).encode()),
@@ -64,36 +79,82 @@ class DeadLetters:
         self.producer = producer
         self.topic = topic
 
-    async def send(self, record: Source, *, reason: str, error: BaseException) -> None:
-        headers = dlq_headers(record, reason=reason, error=error)
-        value = record.value
+    async def send(
+        self,
+        record: Source,
+        *,
+        reason: str,
+        error: BaseException,
+        extra_headers: Sequence[tuple[str, bytes]] = (),
+    ) -> None:
+        """Write ``record`` to the DLQ, retrying (with back-off) until Kafka takes it.
+
+        A record too large for the DLQ topic is written smaller, once per step: first without
+        its value (header ``dlq.value.omitted_bytes``), then also without its key and its own
+        headers (``dlq.key.omitted_bytes``, ``dlq.headers.omitted``); the original stays on its
+        source topic at ``dlq.source.*``. If even that is refused the topic's limit is
+        misconfigured: that is logged as an error and retried with back-off, like any other
+        failure, without growing the record. ``extra_headers`` (``dlq.*``) go with the
+        contract's.
+        """
+        contract = [*_contract_headers(record, reason=reason, error=error), *extra_headers]
+        own = _own_headers(record)
+        key, value = record.key, record.value
+        headers: list[tuple[str, bytes | None]] = [*own, *contract]
+        shrunk = 0
         delay = 0.2
         while True:
             try:
+                # A header value may be None (Kafka's null header value): aiokafka writes it.
                 await self.producer.send_and_wait(
-                    self.topic, value, key=record.key, headers=headers
+                    self.topic, value, key=key, headers=cast(list[tuple[str, bytes]], headers)
                 )
                 return
-            except MessageSizeTooLargeError:
-                # Larger than the broker takes: keep the coordinates so the original can be
-                # found on the source topic, rather than block the partition forever.
-                size = len(value or b"")
+            except MessageSizeTooLargeError as exc:
+                where = f"{record.topic}-{record.partition}@{record.offset}"
+                if shrunk == 0 and value:
+                    shrunk = 1
+                    log.error(
+                        "%s: too large for the DLQ; writing it without its %d-byte value",
+                        where,
+                        len(value),
+                    )
+                    headers = [*headers, ("dlq.value.omitted_bytes", str(len(value)).encode())]
+                    value = None
+                    continue
+                if shrunk < 2:
+                    shrunk = 2
+                    log.error(
+                        "%s: too large for the DLQ even without its value; writing the dlq.* "
+                        "headers only (key of %d bytes and %d headers omitted)",
+                        where,
+                        len(key or b""),
+                        len(own),
+                    )
+                    headers = [
+                        *contract,
+                        *(h for h in headers if h[0] == "dlq.value.omitted_bytes"),
+                        ("dlq.key.omitted_bytes", str(len(key or b"")).encode()),
+                        ("dlq.headers.omitted", str(len(own)).encode()),
+                    ]
+                    key, value = None, None
+                    continue
                 log.error(
-                    "%s-%s@%s: %d-byte value too large for the DLQ; writing headers only",
-                    record.topic,
-                    record.partition,
-                    record.offset,
-                    size,
+                    "%s: the DLQ topic %s refuses even a headers-only record (%r): check its "
+                    "max.message.bytes; retrying in %.1fs",
+                    where,
+                    self.topic,
+                    exc,
+                    delay,
                 )
-                headers = [*headers, ("dlq.value.omitted_bytes", str(size).encode())]
-                value = None
             except KafkaError as exc:
                 log.warning(
-                    "DLQ write for %s-%s@%s failed, retrying: %r",
+                    "DLQ write for %s-%s@%s failed, retrying in %.1fs: %r",
                     record.topic,
                     record.partition,
                     record.offset,
+                    delay,
                     exc,
                 )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)

@@ -1,7 +1,9 @@
 """The ``/metrics``, ``/healthz`` and ``/readyz`` server of every paybridge process.
 
 ``/readyz`` answers 200 only while every registered check passes (Kafka and Temporal reachable);
-it names the failing checks otherwise.
+it names the failing checks otherwise. ``/healthz`` answers 200 while the process does its job:
+once :meth:`MetricsServer.fail` is called (e.g. the bridge stopped consuming), both answer 503
+with the reason, until the process exits.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ class MetricsServer:
     """A minimal HTTP server for ``/metrics``, ``/healthz`` and ``/readyz``.
 
     ``/readyz`` answers 200 only while every registered check passes (Kafka and Temporal
-    reachable); it names the failing checks otherwise.
+    reachable); it names the failing checks otherwise. After :meth:`fail`, ``/healthz`` and
+    ``/readyz`` both answer 503 with the reason.
     """
 
     def __init__(self, registry: CollectorRegistry, *, host: str, port: int) -> None:
@@ -32,9 +35,15 @@ class MetricsServer:
         self.port = port
         self._checks: dict[str, ReadyCheck] = {}
         self._server: asyncio.Server | None = None
+        self.failed: str | None = None
 
     def add_check(self, name: str, check: ReadyCheck) -> None:
         self._checks[name] = check
+
+    def fail(self, reason: str) -> None:
+        """The process no longer does its job: ``/healthz`` and ``/readyz`` answer 503."""
+        if self.failed is None:
+            self.failed = reason
 
     async def __aenter__(self) -> MetricsServer:
         self._server = await asyncio.start_server(self._handle, self.host, self.port)
@@ -88,6 +97,8 @@ class MetricsServer:
                 "text/plain; version=0.0.4; charset=utf-8",
                 generate_latest(self.registry),
             )
+        if path in ("/healthz", "/readyz") and self.failed is not None:
+            return "503 Service Unavailable", text, f"failed: {self.failed}\n".encode()
         if path == "/healthz":
             return "200 OK", text, b"ok\n"
         if path == "/readyz":

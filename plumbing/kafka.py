@@ -21,6 +21,7 @@ from aiokafka.errors import (
     UnknownProducerId,
 )
 
+from plumbing import lenient_records
 from plumbing.settings import Settings
 from schemas.errors import ConfigError, TopicError
 
@@ -375,7 +376,11 @@ def consumer(settings: Settings, *topics: str, **extra: Any) -> AIOKafkaConsumer
     answers at once (the embedded dev broker does) would make aiokafka's fetcher spin at
     thousands of empty fetches a second, a core's worth of CPU while idle. So an empty answer
     that came back early is held for the rest of that time here; against Kafka this is a no-op.
+
+    A record whose header key is not UTF-8 does not stop it (``plumbing.lenient_records``):
+    the record is returned with that key as an ``UndecodableHeaderKey``.
     """
+    lenient_records.install()
     kwargs: dict[str, Any] = {"fetch_max_wait_ms": FETCH_MAX_WAIT_MS, **extra}
     created = AIOKafkaConsumer(*topics, **client_kwargs(settings), **kwargs)
     _hold_empty_fetches(created, kwargs["fetch_max_wait_ms"] / 1000)

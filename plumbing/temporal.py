@@ -120,7 +120,9 @@ class Backoff:
         self.attempt = 0
 
     def next_delay(self) -> float:
-        ceiling = min(self.cap, self.initial * 2**self.attempt)
+        # The exponent is capped: 2**1024 no longer fits a float, and an outage of a few hours
+        # (a thousand retries) would otherwise raise OverflowError out of the retry loop.
+        ceiling = min(self.cap, self.initial * 2 ** min(self.attempt, 60))
         self.attempt += 1
         return random.uniform(ceiling / 2, ceiling)
 

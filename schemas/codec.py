@@ -35,6 +35,12 @@ JSON_CONTENT_TYPE = b"application/json"
 # No valid event comes near this size; refusing larger values before decoding keeps a hostile
 # record cheap to dead-letter.
 MAX_VALUE_BYTES = 1024 * 1024
+# Events nest two levels deep (an object and its metadata map); a JSON value nested deeper than
+# this is refused before parsing (Python's parser would raise RecursionError around 1,000).
+MAX_JSON_DEPTH = 32
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_A_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
 
 E = TypeVar("E", bound=Event)
 
@@ -200,10 +206,15 @@ class Codec:
         return data
 
     def _read_json(self, event_type: type[Event], value: bytes) -> Any:
+        depth = json_depth(value)
+        if depth > MAX_JSON_DEPTH:
+            raise DecodeError(
+                "undecodable", f"JSON nested {depth} levels deep; at most {MAX_JSON_DEPTH}"
+            )
         try:
             data = json.loads(value.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise DecodeError("undecodable", f"value is not UTF-8 JSON: {exc}") from exc
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise DecodeError("undecodable", f"value is not UTF-8 JSON: {exc!r}") from exc
         if not isinstance(data, dict):
             raise DecodeError("undecodable", "JSON value is not an object")
         for name in self.registry.latest(event_type).timestamp_fields:
@@ -223,6 +234,23 @@ class Codec:
                     "validation", f"invalid {event_type.__name__}: {name}: {raw} is out of range"
                 ) from exc
         return data
+
+
+def json_depth(value: bytes) -> int:
+    """How deep the arrays and objects of a JSON text nest (brackets inside strings do not
+    count); linear, and cheap on a flat event: strings are cut out by one regex."""
+    brackets = _JSON_STRING.sub(b"", value).translate(None, _NOT_A_BRACKET)
+    opened = brackets.count(b"[") + brackets.count(b"{")
+    if opened <= 1:
+        return opened
+    depth = deepest = 0
+    for byte in brackets:
+        if byte in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
 
 
 def _is_json(headers: Sequence[tuple[str, bytes]]) -> bool:

@@ -4,7 +4,8 @@
     ├── ConfigError            a setting is missing or invalid (names the setting)
     ├── DecodeError            a record cannot become a valid event (``kind`` is the DLQ reason)
     │   └── SignatureError     a gateway callback's HMAC does not match
-    ├── OrphanError            a callback or cancel whose payment never started in time
+    ├── OrphanError            a callback or cancel whose payment never came in time
+    ├── ConsumerStopped        the bridge stopped consuming (the cause is chained)
     ├── TemporalRejected       Temporal refused a request as invalid: retrying cannot help
     ├── StackError             the embedded dev stack could not start a server
     ├── ToolError              an operator tool cannot do what it was asked
@@ -72,7 +73,13 @@ class SignatureError(DecodeError):
 
 
 class OrphanError(PaybridgeError):
-    """A callback or cancel whose payment never started within the orphan timeout."""
+    """A callback or cancel whose ``PaymentCreated`` never came within the orphan timeout: its
+    workflow run (started by the signal) dead-letters it with this class and reason ``orphan``."""
+
+
+class ConsumerStopped(PaybridgeError):
+    """The bridge stopped consuming (an error in the consumer, or no poll for too long): the
+    process reports itself unhealthy and exits non-zero so that its supervisor restarts it."""
 
 
 class TemporalRejected(PaybridgeError):

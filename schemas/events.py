@@ -52,7 +52,18 @@ def _iso_currency(value: str) -> str:
     return value
 
 
+# Limits of docs/contract.md: every event is copied into several workflow and activity inputs,
+# so a value outside them is a validation error (the DLQ), not a payment. The metadata limits
+# are Stripe's published ones.
+MAX_METADATA_ENTRIES = 50
+MAX_METADATA_KEY_CHARS = 40
+MAX_METADATA_VALUE_CHARS = 500
+MAX_REASON_CHARS = 500
+
 Id = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Reason = Annotated[str, StringConstraints(max_length=MAX_REASON_CHARS)]
+MetadataKey = Annotated[str, StringConstraints(max_length=MAX_METADATA_KEY_CHARS)]
+MetadataValue = Annotated[str, StringConstraints(max_length=MAX_METADATA_VALUE_CHARS)]
 Timestamp = Annotated[datetime, AfterValidator(_utc)]
 Currency = Annotated[str, AfterValidator(_iso_currency)]
 
@@ -71,13 +82,15 @@ class PaymentCreated(Event):
     currency: Currency
     method: PaymentMethod
     created_at: Timestamp
-    metadata: dict[str, str] = Field(default_factory=dict)
+    metadata: dict[MetadataKey, MetadataValue] = Field(
+        default_factory=dict, max_length=MAX_METADATA_ENTRIES
+    )
 
 
 class GatewayCallback(Event):
     gateway_ref: Id
     status: CallbackStatus
-    reason: str | None = None
+    reason: Reason | None = None
     occurred_at: Timestamp
     signature: str
 
@@ -91,11 +104,14 @@ class GatewayCallback(Event):
         return hmac.new(secret.encode(), self.signed_payload(), hashlib.sha256).hexdigest()
 
     def signature_valid(self, secret: str) -> bool:
+        # compare_digest raises on a str that is not ASCII: such a signature is simply wrong.
+        if not self.signature.isascii():
+            return False
         return hmac.compare_digest(self.expected_signature(secret), self.signature)
 
 
 class PaymentCancelRequested(Event):
-    reason: str
+    reason: Reason
     requested_at: Timestamp
 
 

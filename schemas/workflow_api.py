@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.events import GatewayCallback, OutcomeStatus, PaymentCreated, PaymentMethod
 
@@ -47,6 +47,8 @@ def manual_review_query(task_queue: str | None = None) -> str:
 
 
 class PaymentPhase(StrEnum):
+    # PENDING: not processing yet; a run started by an early callback or cancel waits here for
+    # its payment (step "waiting for payment").
     PENDING = "PENDING"
     PROCESSING = "PROCESSING"
     AWAITING_CALLBACK = "AWAITING_CALLBACK"
@@ -56,12 +58,26 @@ class PaymentPhase(StrEnum):
     REJECTED = "REJECTED"
     CANCELLED = "CANCELLED"
     TIMED_OUT = "TIMED_OUT"
+    # A run started by an early callback or cancel whose payment never came within the orphan
+    # timeout: it moved no money, dead-lettered what it held, and ended Failed.
+    ORPHANED = "ORPHANED"
+
+
+# A signal carries its record's bytes up to this size; beyond it the value, then the headers
+# stay on the source topic (their coordinates travel): Temporal refuses payloads over 2 MB, and
+# a gRPC message over 4 MB is answered RESOURCE_EXHAUSTED, which is indistinguishable from
+# overload and would be retried forever.
+MAX_SOURCE_BYTES = 256 * 1024
 
 
 class SourceRecord(BaseModel):
     """The Kafka record a signal came from: where it was and its bytes, untouched, so that
     the workflow can dead-letter it (an early callback whose payment never came) exactly as
-    the bridge would have."""
+    the bridge would have. A record larger than ``MAX_SOURCE_BYTES`` travels without its value
+    (``value_omitted_bytes``) or also without its headers (``headers_omitted``)."""
+
+    # Bytes travel as base64 in the JSON payload: they need not be UTF-8.
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
 
     topic: str
     partition: int
@@ -69,7 +85,9 @@ class SourceRecord(BaseModel):
     timestamp_ms: int
     key: bytes | None = None
     value: bytes | None = None
-    headers: list[tuple[str, bytes]] = Field(default_factory=list)
+    headers: list[tuple[str, bytes | None]] = Field(default_factory=list)
+    value_omitted_bytes: int | None = None
+    headers_omitted: int | None = None
 
 
 class PaymentWorkflowInput(BaseModel):

@@ -169,6 +169,7 @@ async def running_worker(
                 outcomes=kafka.outcomes,
                 gateway=simulator,
                 notifications=notifications,
+                orphans=kafka.orphans,
             ):
                 yield simulator
         finally:

@@ -377,12 +377,13 @@ async def test_callback_before_its_payment_is_applied(stack: Stack) -> None:
 
 
 async def test_a_burst_of_early_callbacks_does_not_block_their_payments(stack: Stack) -> None:
-    """Callbacks waiting for their payments must not take the capacity the payments need.
+    """Ten times the in-flight limit of callbacks arrives before any payment. Each is applied
+    with one call (it starts a run that waits for its payment) and committed at once: nothing
+    stays in flight, the callbacks partitions' commits reach their end, and when the payments
+    come every callback is applied (a lost one would time its payment out).
 
-    Ten times the in-flight limit of callbacks arrives before any payment. Were waiting
-    callbacks to hold in-flight slots, fetching would pause with the payments still unread,
-    and every callback would become an orphan.
-    """
+    (Before signal-with-start the callbacks waited inside the bridge, against a budget whose
+    pauses once held back the very payments they waited for.)"""
     count = scale.pick(ci=100, long=200)
     settings = stack.settings.model_copy(
         update={"max_inflight": count // 10, "orphan_timeout": timedelta(minutes=3)}
@@ -392,11 +393,14 @@ async def test_a_burst_of_early_callbacks_does_not_block_their_payments(stack: S
     payments = [payment(n) for n in range(count)]
     callbacks = [(p.payment_id.encode(), codec.encode(callback_for(p)), []) for p in payments]
     silent = GatewayBehaviour(callbacks=False)
-    async with running_worker(stack, gateway=silent), running_bridge(stack):
+    async with running_worker(stack, gateway=silent), running_bridge(stack) as bridge:
         await produce_raw(settings, settings.topic_callbacks, callbacks)
-        while metric(stack.registry, "paybridge_inflight_records") < settings.max_inflight:
+        cb = {"signal": "gateway_callback", "result": "started"}
+        while metric(stack.registry, "paybridge_signals_total", **cb) < len(payments):
             await asyncio.sleep(0.2)
-        await asyncio.sleep(6)  # longer than the bridge's patience before it pauses fetching
+        await bridge.commit()
+        assert bridge.inflight == 0
+        assert await committed_to_the_end(settings, settings.topic_callbacks)
         await produce_raw(
             settings, settings.topic_payments, [encode_record(codec, p) for p in payments]
         )
@@ -410,6 +414,24 @@ async def test_a_burst_of_early_callbacks_does_not_block_their_payments(stack: S
     assert_once_each(outcomes, {p.payment_id for p in payments})
     assert {o.status.value for o in outcomes} == {"SUCCEEDED"}  # every callback was applied
     assert dead == 0
+
+
+async def committed_to_the_end(settings: Settings, topic: str) -> bool:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from plumbing.kafka import client_kwargs
+
+    consumer = AIOKafkaConsumer(
+        **client_kwargs(settings), group_id=settings.consumer_group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        ends = await consumer.end_offsets(parts)
+        committed = {tp: await consumer.committed(tp) for tp in parts}
+        return all(not ends[tp] or committed[tp] == ends[tp] for tp in parts)
+    finally:
+        await consumer.stop()
 
 
 async def test_every_record_twice_shuffled_gives_each_payment_once(stack: Stack) -> None:
@@ -431,16 +453,21 @@ async def test_every_record_twice_shuffled_gives_each_payment_once(stack: Stack)
         outcomes = await outcomes_of(settings, len(payments), timeout=300)
         await check_once_each(stack, outcomes, {p.payment_id for p in payments})
         applied = Counter([await callbacks_applied(stack, p.payment_id) for p in payments[::10]])
-        signalled = metric(
-            stack.registry, "paybridge_signals_total", signal="gateway_callback", result="signalled"
-        )
-        closed = metric(
-            stack.registry, "paybridge_signals_total", signal="gateway_callback", result="closed"
-        )
+        signals = {
+            result: metric(
+                stack.registry, "paybridge_signals_total", signal="gateway_callback", result=result
+            )
+            for result in ("started", "signalled", "closed")
+        }
+        starts = {
+            result: metric(stack.registry, "paybridge_workflow_starts_total", result=result)
+            for result in ("started", "deduplicated")
+        }
     assert {o.status.value for o in outcomes} == {"SUCCEEDED"}
     assert applied == {1: len(payments[::10])}  # each callback applied once, copies ignored
-    assert signalled + closed == 2 * len(payments)  # both copies delivered, none dead-lettered
-    started = metric(stack.registry, "paybridge_workflow_starts_total", result="started")
-    deduplicated = metric(stack.registry, "paybridge_workflow_starts_total", result="deduplicated")
-    assert started == deduplicated == len(payments)
+    # Both copies of every record applied, none dead-lettered; one run per payment, started by
+    # its first PaymentCreated or by a callback that came first (which the payment then joined).
+    assert sum(signals.values()) == 2 * len(payments)
+    assert starts["started"] + starts["deduplicated"] == 2 * len(payments)
+    assert starts["started"] + signals["started"] == len(payments)
     assert await settled_count(stack, len(payments)) == len(payments)

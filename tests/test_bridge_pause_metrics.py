@@ -23,7 +23,11 @@ async def wait_for_metric(stack: Stack, value: float, name: str, **labels: str) 
     raise AssertionError(f"{name}{labels} never became {value}")
 
 
-async def test_a_full_waiting_budget_shows_as_paused_waiting(stack: Stack) -> None:
+async def test_early_callbacks_pause_nothing(stack: Stack) -> None:
+    """Twice the in-flight limit of callbacks before their payments: before issue 12 they
+    filled a waiting budget and paused the callback partitions (``reason="waiting"``). Now each
+    starts a run that waits for its payment and is done at once: nothing pauses, nothing stays
+    in flight, and the ``waiting`` reason no longer exists."""
     settings = stack.settings.model_copy(
         update={"max_inflight": 5, "orphan_timeout": timedelta(minutes=3)}
     )
@@ -32,14 +36,16 @@ async def test_a_full_waiting_budget_shows_as_paused_waiting(stack: Stack) -> No
     payments = [payment(n) for n in range(10)]
     async with running_bridge(stack):
         assert metric(stack.registry, "paybridge_inflight_limit") == 5
-        assert metric(stack.registry, "paybridge_bridge_paused", reason="waiting") == 0
         callbacks = [(p.payment_id.encode(), codec.encode(callback_for(p)), []) for p in payments]
         await produce_raw(settings, settings.topic_callbacks, callbacks)
-        await wait_for_metric(stack, 1, "paybridge_bridge_paused", reason="waiting")
+        cb = {"signal": "gateway_callback", "result": "started"}
+        await wait_for_metric(stack, len(payments), "paybridge_signals_total", **cb)
+        await wait_for_metric(stack, 0, "paybridge_inflight_records")
         created = [encode_record(codec, p) for p in payments]
         await produce_raw(settings, settings.topic_payments, created)
-        await wait_for_metric(stack, 0, "paybridge_bridge_paused", reason="waiting")
+        await wait_for_metric(stack, 10, "paybridge_workflow_starts_total", result="deduplicated")
     assert metric(stack.registry, "paybridge_bridge_paused", reason="saturated") == 0
+    assert stack.registry.get_sample_value("paybridge_bridge_paused", {"reason": "waiting"}) is None
 
 
 @contextlib.asynccontextmanager

@@ -88,13 +88,13 @@ async def test_one_trace_from_the_produced_record_to_the_published_outcome(
     names = {s.name for s in finished}
     assert {
         f"{traced.settings.topic_payments} process",
-        "StartWorkflow:PaymentWorkflow",
+        "SignalWithStartWorkflow:PaymentWorkflow",  # the bridge's one call per record
         "RunWorkflow:PaymentWorkflow",
         "StartActivity:debit_account",
         "RunActivity:debit_account",
         "StartActivity:publish_outcome",
         "RunActivity:publish_outcome",
-    } <= names, sorted(names)
+    } <= names, "\n".join(sorted(names))
     (publish,) = [s for s in finished if s.name == "RunActivity:publish_outcome"]
     chain = ancestry(publish, by_id)
     assert chain[-1] == "checkout publish", chain

@@ -156,7 +156,7 @@ async def test_cli_cancel_status_and_timeout_on_the_real_path(stack: Stack) -> N
     }
     async with running_worker(stack, gateway=SILENT), running_bridge(stack):
         await produce_payment(settings, timing_out)
-        # Cancel arrives before the payment: the bridge holds it until the workflow exists.
+        # Cancel arrives before the payment: it starts a run that holds it until the payment.
         cancelled = await cli(settings, "cancel", waiting.payment_id, "--reason", "changed my mind")
         assert cancelled.returncode == 0, cancelled.stderr
         await produce_payment(settings, waiting)

@@ -30,6 +30,9 @@ V3 = sorted(HISTORIES.glob("payment_v3_*.json"))
 V3_PATCHES = (TEMPORAL_CANCEL_PATCH, VOID_AFTER_AUTHORIZE_PATCH)
 # The v3 histories whose commands differ from what v2 would have done: cancels of both kinds.
 V3_CHANGED = [path for path in V3 if "cancel" in path.stem]
+# Runs started by an early callback (tests/histories/record_early.py): one waited and ran the
+# saga, one dead-lettered what it held and failed.
+EARLY = sorted(HISTORIES.glob("payment_early_*.json"))
 
 
 def load(path: Path) -> WorkflowHistory:
@@ -64,9 +67,10 @@ def test_histories_of_every_version_are_kept() -> None:
         patch_markers(path) == [SAGA_PATCH, TEMPORAL_CANCEL_PATCH, VOID_AFTER_AUTHORIZE_PATCH]
         for path in V3
     )
+    assert len(EARLY) >= 2
 
 
-@pytest.mark.parametrize("path", SLICE + SAGA + V3, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", SLICE + SAGA + V3 + EARLY, ids=lambda p: p.stem)
 async def test_recorded_history_replays(path: Path) -> None:
     result = await replayer().replay_workflow(load(path), raise_on_replay_failure=False)
     assert result.replay_failure is None, result.replay_failure

@@ -22,7 +22,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 from temporalio.client import Client
 
-from bridge.service import open_bridge
+from bridge.service import open_bridge, supervise
 from plumbing.health import MetricsServer
 from plumbing.kafka import create_topics
 from plumbing.settings import Settings
@@ -124,6 +124,8 @@ class DevStack:
     client: Client
     metrics_port: int
     webhook_url: str
+    # Ends only if the bridge stops consuming, with ConsumerStopped (see bridge.service).
+    bridge_watch: asyncio.Task[None]
     sdk_metrics: bool = True
 
     def banner(self, *, persistent: bool) -> str:
@@ -265,6 +267,7 @@ async def open_dev_stack(
                 notifications=NotificationSink(root / "notifications.jsonl"),
                 graceful_shutdown=settings.worker_shutdown_grace,
                 readiness=readiness,
+                orphans=kafka.orphans,
             )
         )
         await stack.enter_async_context(
@@ -280,19 +283,29 @@ async def open_dev_stack(
             )
         )
         runner = asyncio.create_task(bridge.run(), name="paybridge-bridge")
+        # Watched from the start: if the bridge stops consuming, /healthz and /readyz fail, the
+        # cause is logged once, and run_dev exits non-zero.
+        watch = asyncio.create_task(supervise(bridge, runner, server=metrics_server))
 
         async def stop_bridge() -> None:
             bridge.stop()
-            await runner
+            with contextlib.suppress(Exception):
+                await watch
 
         stack.push_async_callback(stop_bridge)
         assigned = asyncio.create_task(bridge.assigned.wait())
-        done, _ = await asyncio.wait({assigned, runner}, return_when=asyncio.FIRST_COMPLETED)
-        if runner in done:
+        done, _ = await asyncio.wait({assigned, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if watch in done:
             assigned.cancel()
-            runner.result()
+            watch.result()
         yield DevStack(
-            settings, root, client, metrics_server.port, webhook.url, sdk_runtime is not None
+            settings,
+            root,
+            client,
+            metrics_server.port,
+            webhook.url,
+            watch,
+            sdk_runtime is not None,
         )
 
 
@@ -303,7 +316,8 @@ async def run_dev(
     say: Callable[[str], None],
     simulator: bool = True,
 ) -> None:
-    """Run the dev stack until SIGINT or SIGTERM."""
+    """Run the dev stack until SIGINT or SIGTERM; raises ``ConsumerStopped`` (a non-zero exit)
+    if the bridge stops consuming."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -314,7 +328,12 @@ async def run_dev(
         ) as stack:
             say(stack.banner(persistent=data_dir is not None))
             say("ready")
-            await stop.wait()
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait({stopped, stack.bridge_watch}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if stack.bridge_watch.done():
+                say("the bridge stopped consuming: stopping everything")
+                stack.bridge_watch.result()  # raises ConsumerStopped
             say("stopping...")
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

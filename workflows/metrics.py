@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from plumbing.metrics import dlq_records
+
 END_TO_END_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
 
@@ -35,6 +37,8 @@ class WorkerMetrics:
             "is expected, a steady rise is not.",
             registry=registry,
         )
+        # Early callbacks and cancels whose payment never came (reason "orphan").
+        self.dlq_records = dlq_records(registry)
 
     def outcome_published(self, status: str, *, seconds: float) -> None:
         self.outcomes_published.labels(status=status).inc()

@@ -16,6 +16,7 @@ from schemas.events import (
     PaymentMethod,
     PaymentOutcome,
 )
+from schemas.workflow_api import SourceRecord
 
 SUPPORTED_CURRENCIES = frozenset({"EUR", "USD", "GBP"})
 SUPPORTED_METHODS = frozenset(PaymentMethod)
@@ -36,6 +37,14 @@ class ValidationVerdict(BaseModel):
 
 class PublishOutcomeInput(BaseModel):
     outcome: PaymentOutcome
+
+
+class OrphanDeadLetterInput(BaseModel):
+    """A callback or cancel record held by a run whose payment never came: to the DLQ with
+    reason ``orphan``; ``message`` becomes its ``dlq.error.message``."""
+
+    source: SourceRecord
+    message: str
 
 
 # -- ledger --------------------------------------------------------------------------------

@@ -13,6 +13,15 @@ A cancellation through Temporal itself (``temporal workflow cancel``, the UI's c
 one CANCELLED outcome, and the workflow completes (Completed, never Canceled, so that a
 redelivered ``PaymentCreated`` cannot start the payment again).
 
+A run may start without its payment: a callback or cancel that came first starts it through
+the bridge's signal-with-start. It then waits for the ``payment_created`` signal up to
+``PAYBRIDGE_ORPHAN_TIMEOUT`` (a durable timer), holding the signals it receives (a
+cancellation through Temporal too). If the payment comes, the saga runs as for any payment and
+applies them; if not, the run moves no money, dead-letters each held signal's record (reason
+``orphan``) and ends Failed, so that a later ``PaymentCreated`` starts a fresh run (id reuse
+policy ALLOW_DUPLICATE_FAILED_ONLY). Runs started with their payment issue the same commands as
+before this step existed.
+
 Versioning: the saga replaced the foundation slice (validate -> publish) behind the patch
 ``SAGA_PATCH``; executions recorded by the slice replay through ``_run_slice`` (see
 tests/histories/ and tests/test_workflow_replay.py). ``VOID_AFTER_AUTHORIZE_PATCH`` and
@@ -32,13 +41,24 @@ from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
-    from schemas.events import CallbackStatus, GatewayCallback, OutcomeStatus, PaymentOutcome
+    from schemas.events import (
+        CallbackStatus,
+        GatewayCallback,
+        OutcomeStatus,
+        PaymentCreated,
+        PaymentOutcome,
+    )
     from schemas.ids import outcome_event_id
     from schemas.workflow_api import (
         DEFAULT_CALLBACK_TIMEOUT,
+        DEFAULT_ORPHAN_TIMEOUT,
         DEFAULT_STALE_RETRY_DELAY,
+        SIGNAL_CANCEL,
+        SIGNAL_GATEWAY_CALLBACK,
+        SIGNAL_PAYMENT_CREATED,
         CancelSignal,
         GatewayCallbackSignal,
+        PaymentCreatedSignal,
         PaymentPhase,
         PaymentState,
         PaymentWorkflowInput,
@@ -58,6 +78,7 @@ with workflow.unsafe.imports_passed_through():
         GatewayStatus,
         GatewayStatusInput,
         NotifyInput,
+        OrphanDeadLetterInput,
         PublishOutcomeInput,
         ValidatePaymentInput,
         ValidationVerdict,
@@ -108,6 +129,10 @@ NOTIFY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attemp
 # The authorisation request heartbeats while it waits for the gateway: a worker that dies
 # with a request in flight is noticed in seconds, and the request asked again (idempotently).
 AUTHORIZE_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
+# An orphan's dead letter must reach the DLQ, like an outcome its topic.
+DEAD_LETTER_RETRY = PUBLISH_RETRY
+# The failure type of a run whose payment never came (it ends Failed, non-retryable).
+ORPHANED = "Orphaned"
 
 Ending = tuple[OutcomeStatus, str | None]
 _TICK = timedelta(milliseconds=1)
@@ -121,12 +146,16 @@ class _Cancelled(Exception):
 class PaymentWorkflow:
     @workflow.init
     def __init__(self, input: PaymentWorkflowInput) -> None:
-        # Until the run that waits for its payment exists, every run starts with one.
-        assert input.payment is not None, "PaymentWorkflow needs its payment in the input"
-        self._payment = input.payment
+        # None: started by an early callback or cancel; the payment comes as a signal.
+        self._received: PaymentCreated | None = input.payment
+        self._payment_id = (
+            input.payment.payment_id
+            if input.payment is not None
+            else workflow.info().workflow_id.removeprefix("payment-")
+        )
         self._callback_timeout = input.callback_timeout or DEFAULT_CALLBACK_TIMEOUT
         self._stale_retry_delay = input.stale_retry_delay or DEFAULT_STALE_RETRY_DELAY
-        self._state = PaymentState(payment_id=input.payment.payment_id, status=PaymentPhase.PENDING)
+        self._state = PaymentState(payment_id=self._payment_id, status=PaymentPhase.PENDING)
         self._saga = False
         self._merchant_set = False
         self._seen_events: set[str] = set()
@@ -139,9 +168,21 @@ class PaymentWorkflow:
         self._compensations: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
         self._ending: OutcomeStatus | None = None  # decided: nothing can change it any more
         self._temporal_cancel_seen = False
+        # Signals received while the payment is not in yet, in order; once the orphan timer
+        # fired, those are dead-lettered instead of applied.
+        self._held: list[GatewayCallbackSignal | CancelSignal] = []
+        self._orphaning = False
+
+    @property
+    def _payment(self) -> PaymentCreated:
+        """The payment: the saga runs only once it is in."""
+        assert self._received is not None, "no payment yet"
+        return self._received
 
     @workflow.run
     async def run(self, input: PaymentWorkflowInput) -> PaymentOutcome:
+        if self._received is None:  # never true for a run started with its payment
+            await self._payment_beyond_cancellation(input.orphan_timeout or DEFAULT_ORPHAN_TIMEOUT)
         if not workflow.patched(SAGA_PATCH):
             return await self._run_slice()
         self._saga = True
@@ -151,22 +192,49 @@ class PaymentWorkflow:
 
     # -- signals and query ---------------------------------------------------------------
 
-    @workflow.signal(name="gateway_callback")
+    @workflow.signal(name=SIGNAL_PAYMENT_CREATED)
+    def payment_created(self, signal: PaymentCreatedSignal) -> None:
+        payment = signal.payment
+        if self._received is not None:
+            return  # the run has its payment (its input, or an earlier copy): a redelivery
+        if payment.payment_id != self._payment_id:
+            self._step("payment ignored", f"it is for payment {payment.payment_id}")
+            return
+        self._received = payment
+        self._step("payment received", f"{len(self._held)} signal(s) held")
+        if not self._orphaning:
+            held, self._held = self._held, []
+            for one in held:
+                self._apply(one)
+
+    @workflow.signal(name=SIGNAL_GATEWAY_CALLBACK)
     def gateway_callback(self, signal: GatewayCallbackSignal) -> None:
         callback = signal.callback
         if not self._first_time(callback.event_id):
             return
-        if callback.payment_id != self._payment.payment_id:
+        if callback.payment_id != self._payment_id:
             self._step("callback ignored", f"it is for payment {callback.payment_id}")
             return
-        self._callbacks.append(callback)
-        self._step("gateway callback", f"{callback.status.value} ({callback.gateway_ref})")
+        if self._received is None:
+            self._hold(signal)
+            return
+        self._apply(signal)
 
-    @workflow.signal(name="cancel")
+    @workflow.signal(name=SIGNAL_CANCEL)
     def cancel(self, signal: CancelSignal) -> None:
         if not self._first_time(signal.event_id):
             return
-        if self._succeeded or self._terminal():
+        if self._received is None:
+            self._hold(signal)
+            return
+        self._apply(signal)
+
+    def _apply(self, signal: GatewayCallbackSignal | CancelSignal) -> None:
+        if isinstance(signal, GatewayCallbackSignal):
+            callback = signal.callback
+            self._callbacks.append(callback)
+            self._step("gateway callback", f"{callback.status.value} ({callback.gateway_ref})")
+        elif self._succeeded or self._terminal():
             self._step("cancel ignored", f"payment already {self._state.status.value}")
         elif self._cancel is None:
             self._cancel = signal
@@ -187,6 +255,89 @@ class PaymentWorkflow:
     @workflow.query(name="status")
     def status(self) -> PaymentState:
         return self._state
+
+    # -- a run started by an early signal: waiting for the payment --------------------------
+
+    def _hold(self, signal: GatewayCallbackSignal | CancelSignal) -> None:
+        self._held.append(signal)
+        what = "gateway callback" if isinstance(signal, GatewayCallbackSignal) else "cancel"
+        self._step(f"{what} held", "waiting for the payment")
+
+    async def _payment_beyond_cancellation(self, timeout: timedelta) -> None:
+        """:meth:`_wait_for_payment` in a task of its own, as the saga runs (see
+        :meth:`_saga_beyond_cancellation`): a cancellation through Temporal while the run waits
+        is held like a cancel signal, applied if the payment comes."""
+        waiting = asyncio.create_task(self._wait_for_payment(timeout))
+        while True:
+            try:
+                await workflow.wait([waiting])
+            except asyncio.CancelledError:
+                if workflow.cancellation_reason() is None or self._temporal_cancel_seen:
+                    raise
+                self._temporal_cancel_seen = True
+                self._cancelled_through_temporal()
+                continue
+            waiting.result()  # raises if the run ends as an orphan
+            return
+
+    async def _wait_for_payment(self, timeout: timedelta) -> None:
+        """Wait for ``payment_created`` up to ``timeout``; returns once the payment is in. If
+        it never comes, dead-letter what was held and end Failed (:meth:`_orphaned`)."""
+        self._step("waiting for payment", f"up to {timeout} (PAYBRIDGE_ORPHAN_TIMEOUT)")
+        try:
+            await workflow.wait_condition(lambda: self._received is not None, timeout=timeout)
+        except TimeoutError:
+            await self._orphaned(timeout)
+
+    async def _orphaned(self, timeout: timedelta) -> None:
+        """No payment within ``timeout``: move no money, dead-letter every held signal's record
+        (also those that come while this runs), and end Failed. A payment that comes before
+        the run ends is not lost: the saga runs for it in this run, without the signals
+        already dead-lettered (``paybridge dlq redrive`` can still send them)."""
+        self._orphaning = True
+        self._step("orphaned", f"no payment within {timeout}")
+        message = (
+            f"no PaymentCreated for payment {self._payment_id} within {timeout} "
+            f"(PAYBRIDGE_ORPHAN_TIMEOUT); workflow {workflow.info().workflow_id} held this record"
+        )
+        sent = 0
+        while sent < len(self._held):
+            batch = self._held[sent:]
+            sent = len(self._held)
+            await asyncio.gather(*(self._dead_letter(signal, message) for signal in batch))
+        self._held = []
+        self._orphaning = False
+        if self._received is not None:
+            self._step("payment received late", f"{sent} held signal(s) were dead-lettered")
+            return
+        self._state.status = PaymentPhase.ORPHANED
+        self._step("dead-lettered", f"{sent} held signal(s), reason orphan")
+        raise ApplicationError(
+            f"payment {self._payment_id}: no PaymentCreated within {timeout}; "
+            f"{sent} held signal(s) dead-lettered as orphan",
+            type=ORPHANED,
+            non_retryable=True,
+        )
+
+    async def _dead_letter(
+        self, signal: GatewayCallbackSignal | CancelSignal, message: str
+    ) -> None:
+        event_id = (
+            signal.callback.event_id
+            if isinstance(signal, GatewayCallbackSignal)
+            else signal.event_id
+        )
+        # Dead-lettered, so not seen: a redriven copy is applied if the payment comes after all.
+        self._seen_events.discard(event_id)
+        if signal.source is None:  # not from Kafka (a test or tool signalled it directly)
+            self._step("dropped", f"{event_id}: no source record to dead-letter")
+            return
+        await workflow.execute_activity(
+            "dead_letter_orphan",
+            OrphanDeadLetterInput(source=signal.source, message=message),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=DEAD_LETTER_RETRY,
+        )
 
     # -- the saga --------------------------------------------------------------------------
 

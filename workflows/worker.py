@@ -36,7 +36,7 @@ from plumbing.settings import DEFAULT_WORKER_SHUTDOWN_GRACE, Settings
 from plumbing.temporal import connect_with_retry, sdk_metrics_runtime
 from workflows.activities.fraud import FraudActivities
 from workflows.activities.gateway import GatewayActivities
-from workflows.activities.kafka import KafkaIO, OutcomeActivities, kafka_io
+from workflows.activities.kafka import KafkaIO, OrphanActivities, OutcomeActivities, kafka_io
 from workflows.activities.ledger import LedgerActivities
 from workflows.activities.notifications import NotificationActivities
 from workflows.fraud import FraudCheckWorkflow, fraud_task_queue
@@ -153,9 +153,11 @@ def activities(
     gateway: SimulatedGateway,
     notifications: NotificationSink,
     outcomes: OutcomeActivities | None,
+    orphans: OrphanActivities | None = None,
 ) -> list[Callable[..., Any]]:
-    """The activities of the payments task queue, bound to their clients (``outcomes`` None:
-    left out, for tests that register their own ``publish_outcome``)."""
+    """The activities of the payments task queue, bound to their clients (``outcomes`` or
+    ``orphans`` None: left out, for tests that register their own ``publish_outcome`` or
+    ``dead_letter_orphan``)."""
     book = LedgerActivities(ledger)
     gate = GatewayActivities(gateway)
     found: list[Callable[..., Any]] = [
@@ -169,6 +171,8 @@ def activities(
     ]
     if outcomes is not None:
         found.append(outcomes.publish_outcome)
+    if orphans is not None:
+        found.append(orphans.dead_letter_orphan)
     return found
 
 
@@ -184,6 +188,7 @@ async def open_worker(
     extra_activities: Sequence[Callable[..., Any]] = (),
     graceful_shutdown: timedelta = DEFAULT_WORKER_SHUTDOWN_GRACE,
     readiness: Readiness | None = None,
+    orphans: OrphanActivities | None = None,
 ) -> AsyncIterator[Worker]:
     """A running worker; on exit it stops polling and gives the activities in flight
     ``graceful_shutdown`` to finish before cancelling them (both workers at once).
@@ -191,7 +196,9 @@ async def open_worker(
     ``outcomes`` publishes the outcomes (None: a test registers its own ``publish_outcome`` in
     ``extra_activities``). Without ``gateway`` the simulated gateway accepts authorisation
     requests and sends no callbacks: callbacks then come only from producers of the callbacks
-    topic. ``readiness`` learns the workers, to report whether they poll.
+    topic. ``readiness`` learns the workers, to report whether they poll. ``orphans``
+    dead-letters what a run whose payment never came held (None: a test registers its own
+    ``dead_letter_orphan``, or has no such runs).
     """
     gateway = gateway or SimulatedGateway()
     # Ledger calls are short blocking SQLite calls: a small thread pool runs them.
@@ -206,6 +213,7 @@ async def open_worker(
                     gateway=gateway,
                     notifications=notifications or NotificationSink(),
                     outcomes=outcomes,
+                    orphans=orphans,
                 ),
                 *extra_activities,
             ],
@@ -328,6 +336,7 @@ async def run_worker(
                     gateway=gateway,
                     graceful_shutdown=settings.worker_shutdown_grace,
                     readiness=readiness,
+                    orphans=kafka.orphans,
                 ):
                     log.info("worker polling task queue %s", settings.temporal_task_queue)
                     await stop.wait()

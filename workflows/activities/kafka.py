@@ -3,6 +3,8 @@
 - ``OutcomeActivities.publish_outcome``: each payment's terminal outcome, published once.
 - ``KafkaCallbackEmitter``: the simulated gateway's callbacks, produced to the callbacks topic
   so that they reach the workflow through the bridge, the real path.
+- ``OrphanActivities.dead_letter_orphan``: a callback or cancel held by a run whose payment
+  never came, written to the DLQ as the bridge would have (reason ``orphan``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from temporalio import activity
 
 from plumbing import tracing
+from plumbing.dead_letters import DeadLetters
 from plumbing.kafka import (
     RecordSender,
     RecoveringProducer,
@@ -29,9 +32,10 @@ from plumbing.kafka import (
 )
 from plumbing.settings import Settings
 from schemas.codec import Codec
+from schemas.errors import OrphanError
 from schemas.events import GatewayCallback, PaymentOutcome
 from workflows.metrics import WorkerMetrics
-from workflows.models import PublishOutcomeInput
+from workflows.models import OrphanDeadLetterInput, PublishOutcomeInput
 
 # An attempt of publish_outcome ends (its record written, or given up and discarded) within this
 # share of its start_to_close timeout: the server then starts a retry only once the previous
@@ -254,13 +258,50 @@ class KafkaCallbackEmitter:
         )
 
 
+class OrphanActivities:
+    """Dead-letters the records of callbacks and cancels whose payment never came.
+
+    The record goes to the DLQ with its original key, value and headers and the contract's
+    ``dlq.*`` headers (source topic, partition and offset travel with the signal), reason
+    ``orphan``, ``dlq.error.class`` ``OrphanError``. A retried attempt may write it twice (the
+    DLQ is at least once; ``paybridge dlq redrive`` sends a record back once).
+    """
+
+    def __init__(self, dead_letters: DeadLetters, *, metrics: WorkerMetrics | None = None):
+        self.dead_letters = dead_letters
+        self.metrics = metrics
+
+    @activity.defn(name="dead_letter_orphan")
+    async def dead_letter_orphan(self, input: OrphanDeadLetterInput) -> None:
+        source = input.source
+        omitted = []  # what stayed on the source topic (see SourceRecord)
+        if source.value_omitted_bytes is not None:
+            omitted.append(("dlq.value.omitted_bytes", str(source.value_omitted_bytes).encode()))
+        if source.headers_omitted is not None:
+            omitted.append(("dlq.headers.omitted", str(source.headers_omitted).encode()))
+        await self.dead_letters.send(
+            source, reason="orphan", error=OrphanError(input.message), extra_headers=omitted
+        )
+        if self.metrics is not None:
+            self.metrics.dlq_records.labels(topic=source.topic, reason="orphan").inc()
+        activity.logger.warning(
+            "%s-%s@%s -> DLQ (orphan): %s",
+            source.topic,
+            source.partition,
+            source.offset,
+            input.message,
+        )
+
+
 @dataclass(frozen=True)
 class KafkaIO:
-    """The worker process's Kafka side: one producer shared by outcomes and callbacks."""
+    """The worker process's Kafka side: one producer shared by outcomes, callbacks and
+    orphans' dead letters."""
 
     producer: RecoveringProducer
     outcomes: OutcomeActivities
     callbacks: KafkaCallbackEmitter
+    orphans: OrphanActivities
 
     async def reachable(self) -> bool:
         """Whether Kafka answers now (the worker's readiness check)."""
@@ -289,6 +330,7 @@ async def kafka_io(
                 reader=outcome_reader(settings),
             ),
             callbacks=KafkaCallbackEmitter(producer, topic=settings.topic_callbacks, codec=codec),
+            orphans=OrphanActivities(DeadLetters(producer, settings.topic_dlq), metrics=metrics),
         )
     finally:
         await producer.stop()
