@@ -165,6 +165,20 @@ async def abort_producer(producer: AIOKafkaProducer, error: KafkaError) -> None:
         await asyncio.wait({task}, timeout=1.0)
 
 
+# aiokafka's sender task can die of an unexpected error (its routine re-raises anything it
+# did not expect as "Unexpected error during batch delivery"; seen in a loaded test run after
+# a request timed out). The producer then fails every send at once, for good: replace it.
+SENDER_STOPPED = KafkaError("the producer's sender task stopped")
+
+
+def sender_stopped(producer: AIOKafkaProducer) -> bool:
+    """Whether ``producer`` was started and its background sender has since ended (it will
+    never send again). aiokafka 0.14's sender task, which it does not expose publicly."""
+    sender = getattr(producer, "_sender", None)
+    task = sender.sender_task if sender is not None else None
+    return task is not None and task.done() and not getattr(producer, "_closed", False)
+
+
 def _fail_held(accumulator: Any, error: KafkaError) -> None:
     """Fail every record ``accumulator`` holds, and every later send. (Its own ``fail_all``
     trips over batches that went back to it after a failed request: their done callbacks
@@ -317,6 +331,13 @@ class RecoveringProducer:
                 await self._replace(producer, exc)
                 if attempt == 2:
                     raise
+            except KafkaError as exc:
+                if not sender_stopped(producer):
+                    raise  # the caller's to retry; this producer still works
+                # Its sender died: the record failed with it, and so will every later send.
+                await self._replace(producer, exc)
+                if attempt == 2:
+                    raise
             except TimeoutError as exc:
                 await self._replace(producer, exc)
                 raise KafkaTimeoutError(
@@ -325,6 +346,8 @@ class RecoveringProducer:
         raise AssertionError("unreachable")
 
     async def _current(self) -> AIOKafkaProducer:
+        if self._started and sender_stopped(self._producer):
+            await self._replace(self._producer, SENDER_STOPPED)
         if not self._started:  # a replacement made while Kafka was unreachable
             async with self._lock:
                 if not self._started:

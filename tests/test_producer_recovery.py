@@ -137,3 +137,32 @@ async def test_a_send_given_up_on_is_never_written_later(tmp_path: Path) -> None
         await producer.stop()
         await broker.stop()
     assert [r.key for r in records] == [b"after"]
+
+
+async def test_a_producer_whose_sender_died_is_replaced(settings: Settings) -> None:
+    """aiokafka's sender task can die of an unexpected error (its routine re-raises it as
+    "Unexpected error during batch delivery"); that producer then fails every send at once,
+    for good. Seen in a loaded full test run: the bridge's DLQ writer retried a dead letter
+    against it for a minute. The recovering producer replaces it: the next send lands."""
+    replaced: list[int] = []
+    producer = recovering_producer(settings, what="test", on_replace=lambda: replaced.append(1))
+    await producer.start()
+    topic = settings.topic_dlq
+    try:
+        await producer.send_and_wait(topic, b"before", key=b"k")
+        inner = producer._producer
+
+        def broken(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("injected: a bug in aiokafka's sender routine")
+
+        # The sender wakes up for the next record, trips over this and dies, as in the wild.
+        inner._message_accumulator.drain_by_nodes = broken
+        with pytest.raises(KafkaError):
+            await asyncio.wait_for(inner.send_and_wait(topic, b"lost", key=b"k"), 30)
+        assert inner._sender.sender_task.done()
+        await asyncio.wait_for(producer.send_and_wait(topic, b"after", key=b"k"), 30)
+        assert replaced == [1]
+    finally:
+        await producer.stop()
+    records = await read_topic(settings, topic, expect=2)
+    assert [record.value for record in records] == [b"before", b"after"]
